@@ -1,0 +1,7 @@
+#include "cli/commands.h"
+
+namespace kdae::cli {
+Command forward_command() {
+  return {"forward", "(stub)", "", {}, [](const Args&) { return 0; }};
+}
+}  // namespace kdae::cli

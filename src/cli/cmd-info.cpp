@@ -1,0 +1,7 @@
+#include "cli/commands.h"
+
+namespace kdae::cli {
+Command info_command() {
+  return {"info", "(stub)", "", {}, [](const Args&) { return 0; }};
+}
+}  // namespace kdae::cli

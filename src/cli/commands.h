@@ -1,0 +1,17 @@
+// The table of subcommands. Each command lives in its own cli/cmd-<name>.cpp and is listed once
+// in commands.cpp.
+#pragma once
+#include <vector>
+
+#include "cli/options.h"
+
+namespace kdae::cli {
+
+const std::vector<Command>& all_commands();
+int run_cli(int argc, char** argv);
+
+// One factory per command file.
+Command info_command();
+Command forward_command();
+
+}  // namespace kdae::cli
