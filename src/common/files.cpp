@@ -20,33 +20,54 @@ std::string read_file(const fs::path& path) {
   return bytes;
 }
 
-void write_file_atomic(const fs::path& path, std::string_view bytes) {
-  const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(tmp.string(), ": cannot create: ", std::strerror(errno));
+AtomicFileWriter::AtomicFileWriter(fs::path path) : path_(std::move(path)) {
+  tmp_ = path_.string() + ".tmp-" + std::to_string(::getpid());
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail(tmp_.string(), ": cannot create: ", std::strerror(errno));
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+  }
+}
+
+void AtomicFileWriter::write(const void* data, size_t size) {
+  const char* bytes = static_cast<const char*>(data);
   size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+  while (done < size) {
+    const ssize_t n = ::write(fd_, bytes + done, size - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      fail(path.string(), ": write failed after ", done, " of ", bytes.size(), " bytes: ", std::strerror(err));
+      const int err = n == 0 ? ENOSPC : errno;
+      fail(path_.string(), ": write failed after ", written_ + done, " bytes: ", std::strerror(err));
     }
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    fail(path.string(), ": cannot flush: ", std::strerror(err));
+  written_ += size;
+}
+
+void AtomicFileWriter::commit() {
+  if (::fsync(fd_) != 0) fail(path_.string(), ": cannot flush: ", std::strerror(errno));
+  const int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) {
+    ::unlink(tmp_.c_str());
+    fail(path_.string(), ": cannot close: ", std::strerror(errno));
   }
   std::error_code ec;
-  fs::rename(tmp, path, ec);
+  fs::rename(tmp_, path_, ec);
   if (ec) {
-    ::unlink(tmp.c_str());
-    fail(path.string(), ": cannot rename into place: ", ec.message());
+    ::unlink(tmp_.c_str());
+    fail(path_.string(), ": cannot rename into place: ", ec.message());
   }
+}
+
+void write_file_atomic(const fs::path& path, std::string_view bytes) {
+  AtomicFileWriter writer(path);
+  writer.write(bytes.data(), bytes.size());
+  writer.commit();
 }
 
 fs::path staging_path_for(const fs::path& target) {
