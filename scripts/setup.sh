@@ -11,7 +11,8 @@ KDAE_BUILD="${KDAE_BUILD:-$KDAE_ROOT/build}"
 export KDAE_ROOT KDAE_HOME KDAE_VENV KDAE_BUILD
 
 APT_PACKAGES=(g++ cmake ninja-build ccache pkg-config python3 python3-venv
-              libyaml-cpp-dev nlohmann-json3-dev libsentencepiece-dev libgtest-dev libgmock-dev)
+              libyaml-cpp-dev nlohmann-json3-dev libsentencepiece-dev libgtest-dev libgmock-dev
+              libpcre2-dev libutf8proc-dev)
 
 say() { printf '[kdae setup] %s\n' "$*" >&2; }
 
