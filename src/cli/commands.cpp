@@ -10,6 +10,7 @@ const std::vector<Command>& all_commands() {
   static const std::vector<Command> commands = {
       info_command(),
       forward_command(),
+      convert_command(),
   };
   return commands;
 }

@@ -13,5 +13,6 @@ int run_cli(int argc, char** argv);
 // One factory per command file.
 Command info_command();
 Command forward_command();
+Command convert_command();
 
 }  // namespace kdae::cli
