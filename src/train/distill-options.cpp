@@ -1,0 +1,99 @@
+#include "train/distill-options.h"
+
+#include <set>
+
+#include "common/error.h"
+
+namespace kdae::train {
+namespace {
+
+void check(bool ok, const std::string& key, const std::string& rule, double value) {
+  if (!ok) fail("config key '", key, "' = ", value, ": must be ", rule);
+}
+
+void one_of(const std::string& key, const std::string& value, const std::set<std::string>& allowed) {
+  if (allowed.count(value)) return;
+  std::string list;
+  for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+  fail("config key '", key, "' = '", value, "': must be one of ", list);
+}
+
+}  // namespace
+
+void validate_distill_options(DistillOptions& o, RunKind kind) {
+  auto required = [](const std::string& key, const std::string& value) {
+    if (value.empty()) fail("config key '", key, "' is required");
+  };
+  required("base_model_path", o.base_model_path);
+  required("training_data_path", o.training_data_path);
+  required("output_dir", o.output_dir);
+
+  check(o.learning_rate > 0, "learning_rate", "> 0", o.learning_rate);
+  check(o.train_batch_size >= 1, "train_batch_size", ">= 1", double(o.train_batch_size));
+  check(o.eval_batch_size >= 1, "eval_batch_size", ">= 1", double(o.eval_batch_size));
+  check(o.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", ">= 1",
+        double(o.gradient_accumulation_steps));
+  check(o.seq_length >= 2, "seq_length", ">= 2", double(o.seq_length));
+  check(o.num_train_epochs > 0 || o.max_steps > 0, "num_train_epochs", "> 0 (or set max_steps)", o.num_train_epochs);
+  check(o.max_steps == -1 || o.max_steps > 0, "max_steps", "-1 (use epochs) or > 0", double(o.max_steps));
+  check(o.weight_decay >= 0, "weight_decay", ">= 0", o.weight_decay);
+  check(o.warmup_ratio >= 0 && o.warmup_ratio <= 1, "warmup_ratio", "in [0, 1]", o.warmup_ratio);
+  check(o.warmup_steps >= 0, "warmup_steps", ">= 0", double(o.warmup_steps));
+  one_of("lr_scheduler", o.lr_scheduler, {"cosine", "linear", "constant"});
+  check(o.max_grad_norm >= 0, "max_grad_norm", ">= 0 (0 = no clipping)", o.max_grad_norm);
+  check(o.adam_beta1 >= 0 && o.adam_beta1 < 1, "adam_beta1", "in [0, 1)", o.adam_beta1);
+  check(o.adam_beta2 >= 0 && o.adam_beta2 < 1, "adam_beta2", "in [0, 1)", o.adam_beta2);
+  check(o.adam_epsilon > 0, "adam_epsilon", "> 0", o.adam_epsilon);
+
+  check(o.lambda_param >= 0 && o.lambda_param <= 1, "lambda_param", "in [0, 1]", o.lambda_param);
+  check(o.temperature > 0, "temperature", "> 0", o.temperature);
+  one_of("label_alignment", o.label_alignment, {"shifted", "kd-dae"});
+  one_of("divergence", o.divergence, {"forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd"});
+  check(o.jsd_beta > 0 && o.jsd_beta < 1, "jsd_beta", "in (0, 1)", o.jsd_beta);
+  check(o.skew_alpha >= 0 && o.skew_alpha < 1, "skew_alpha", "in [0, 1)", o.skew_alpha);
+  one_of("loss_normalization", o.loss_normalization, {"token", "sequence"});
+  check(o.attn_weight >= 0, "attn_weight", ">= 0", o.attn_weight);
+  check(o.hidden_weight >= 0, "hidden_weight", ">= 0", o.hidden_weight);
+  one_of("hidden_loss", o.hidden_loss, {"mse", "cosine"});
+  for (int64_t layer : o.layer_map) check(layer >= 0, "layer_map", "a list of layer indices >= 0", double(layer));
+  check(o.kd_chunk_tokens >= 0, "kd_chunk_tokens", ">= 0 (0 = automatic)", double(o.kd_chunk_tokens));
+  one_of("truncation", o.truncation, {"truncate", "drop"});
+  check(o.min_supervised_tokens >= 0, "min_supervised_tokens", ">= 0", double(o.min_supervised_tokens));
+
+  check(o.peft_lora_r >= 1, "peft_lora_r", ">= 1", double(o.peft_lora_r));
+  check(o.peft_lora_alpha > 0, "peft_lora_alpha", "> 0", o.peft_lora_alpha);
+  check(o.peft_lora_dropout >= 0 && o.peft_lora_dropout < 1, "peft_lora_dropout", "in [0, 1)", o.peft_lora_dropout);
+  if (o.use_peft && o.peft_target_modules.empty()) fail("config key 'peft_target_modules' is empty with use_peft");
+
+  check(o.logging_steps >= 1, "logging_steps", ">= 1", double(o.logging_steps));
+  check(o.eval_steps >= 0, "eval_steps", ">= 0", double(o.eval_steps));
+  check(o.save_steps >= 0, "save_steps", ">= 0", double(o.save_steps));
+  check(o.save_fraction_of_epoch >= 0 && o.save_fraction_of_epoch <= 1, "save_fraction_of_epoch", "in [0, 1]",
+        o.save_fraction_of_epoch);
+  check(o.save_total_limit >= 0, "save_total_limit", ">= 0 (0 = keep all)", double(o.save_total_limit));
+  check(o.threads >= 0, "threads", ">= 0 (0 = all cores)", double(o.threads));
+  one_of("on_missing_domain", o.on_missing_domain, {"error", "skip"});
+  check(o.domain_fraction >= 0 && o.domain_fraction <= 1, "domain_fraction", "in [0, 1]", o.domain_fraction);
+
+  if (kind == RunKind::distill) {
+    required("target_model_path", o.target_model_path);
+    if (!o.teachers.empty() || !o.domain_model_path.empty())
+      fail("config keys 'teachers' and 'domain_model_path' belong to kdae align, not kdae distill");
+    return;
+  }
+  if (o.teachers.empty()) {
+    required("target_model_path (the general reference teacher) or teachers", o.target_model_path);
+    required("domain_model_path (the domain expert) or teachers", o.domain_model_path);
+    o.teachers["general"] = TeacherSpec{o.target_model_path, o.temperature, 1.0};
+    o.teachers["domain"] = TeacherSpec{o.domain_model_path, o.temperature, 1.0};
+  } else if (!o.target_model_path.empty() || !o.domain_model_path.empty()) {
+    fail("config: give either 'teachers' or target_model_path + domain_model_path, not both");
+  }
+  for (const auto& [domain, t] : o.teachers) {
+    if (t.path.empty()) fail("config key 'teachers.", domain, ".path' is required");
+    if (!(t.temperature > 0)) fail("config key 'teachers.", domain, ".temperature' must be > 0");
+    if (!(t.weight >= 0)) fail("config key 'teachers.", domain, ".weight' must be >= 0");
+  }
+}
+
+}  // namespace kdae::train
