@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <torch/cuda.h>
 #include <torch/types.h>
 
 #include <fstream>
@@ -150,4 +151,17 @@ TEST(Checkpoint, RngRestoreRepeatsTheStream) {
   restore_rng_states(trainer_state_from_json(json, "memory"));
   EXPECT_TRUE(torch::rand({16}).equal(first));
   EXPECT_TRUE(torch::randn({4}).equal(first_n));
+}
+
+TEST(Checkpoint, CudaRngRestore) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(5);
+  TrainerState s;
+  capture_rng_states(s);
+  ASSERT_EQ(s.cuda_rng_states.size(), static_cast<size_t>(torch::cuda::device_count()));
+  const auto json = trainer_state_to_json(s);
+  const torch::Tensor first = torch::rand({64}, torch::kCUDA).cpu();
+  torch::manual_seed(6);
+  restore_rng_states(trainer_state_from_json(json, "memory"));
+  EXPECT_TRUE(torch::rand({64}, torch::kCUDA).cpu().equal(first));
 }
