@@ -167,6 +167,9 @@ void convert_gguf_to_hf(const fs::path& gguf_path, const fs::path& out_dir, cons
       config["rope_scaling"] = scaling;
     }
   }
+  json rope = config.contains("rope_scaling") ? config["rope_scaling"] : json{{"rope_type", "default"}};
+  rope["rope_theta"] = config["rope_theta"];
+  config["rope_parameters"] = rope;  // transformers 5 spelling; rope_theta stays top-level for older readers
   if (f.find_tensor("rope_freqs.weight"))
     std::cerr << "kdae convert: warning: " << src << " has rope_freqs (llama3-style rope scaling); "
               << "config.json does not reproduce it\n";
@@ -251,6 +254,12 @@ void convert_hf_to_gguf(const fs::path& hf_dir, const fs::path& out_path, const 
   md.emplace_back("general.name", GgufValue::of_string(fs::absolute(hf_dir).lexically_normal().filename().string()));
   const uint32_t file_type = options.type == GgmlType::F32 ? 0 : options.type == GgmlType::F16 ? 1 : 7;
   md.emplace_back("general.file_type", GgufValue::of_u32(file_type));
+  // transformers 5 nests rope settings under "rope_parameters"; older configs keep them top-level.
+  if (config.contains("rope_parameters") && config["rope_parameters"].is_object()) {
+    const json& rp = config["rope_parameters"];
+    if (!config.contains("rope_theta") && rp.contains("rope_theta")) config["rope_theta"] = rp["rope_theta"];
+    if (!config.contains("rope_scaling") && rp.value("rope_type", "default") != "default") config["rope_scaling"] = rp;
+  }
   for (const auto& k : hparam_keys()) {
     if (!config.contains(k.hf_key) || config[k.hf_key].is_null()) continue;
     const std::string key = arch_key(arch, k.gguf_suffix);

@@ -306,7 +306,7 @@ def test_export_tiny_llama(tmp_path, qtype):
             np.testing.assert_array_equal(np.asarray(t.data).reshape(-1),
                                           gguf.quants.quantize(w, QT.Q8_0).reshape(-1), err_msg=name)
             step = np.abs(w.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
-            assert (np.abs(got.reshape(-1, 32) - w.reshape(-1, 32)) <= step * 0.5 + 1e-3 * step + 1e-8).all(), name
+            assert (np.abs(got.reshape(-1, 32) - w.reshape(-1, 32)) <= step * 0.57 + 1e-8).all(), name  # half a step + fp16 rounding of the scale
     if qtype == "f32":
         # transformers' GGUF loader undoes the permutation itself: same logits as the original model.
         from transformers import AutoModelForCausalLM
