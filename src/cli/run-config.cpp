@@ -165,8 +165,7 @@ void set_teachers(DistillOptions& d, const YAML::Node& n, const Origin& o) {
     const std::string sub = key + "." + domain;
     const YAML::Node& v = entry.second;
     if (out.count(domain)) fail(o.at(entry.first), ": key '", sub, "' appears twice");
-    TeacherSpec t;
-    t.temperature = d.temperature;  // a teacher without its own temperature uses the run's
+    TeacherSpec t;  // temperature 0 = the run's, resolved after every key is read
     if (v.IsScalar()) {
       t.path = v.Scalar();
     } else if (v.IsMap()) {
@@ -303,7 +302,7 @@ const std::vector<Key>& key_table() {
     t.push_back(not_for_resume(int_key(dv, "threads", &D::threads, "CPU threads; 0 = all cores.")));
 
     t.push_back(string_key(da, "domain_model_path", &D::domain_model_path, "The domain expert teacher (with target_model_path as the general one)."));
-    t.push_back(Key{"teachers", "mapping", da, "{domain: path} or {domain: {path, temperature, weight}}; replaces target_model_path + domain_model_path.", set_teachers, show_teachers});
+    t.push_back(Key{"teachers", "mapping", da, "{domain: path} or {domain: {path, temperature, weight}}; a teacher without a temperature uses `temperature`. Replaces target_model_path + domain_model_path.", set_teachers, show_teachers});
     t.push_back(float_key(da, "domain_fraction", &D::domain_fraction, "Share of domain samples in each epoch's order."));
     t.push_back(enum_key(da, "on_missing_domain", &D::on_missing_domain, {"error", "skip"}, "A sample whose domain has no teacher: stop with an error, or skip it."));
     return t;

@@ -89,7 +89,8 @@ void validate_distill_options(DistillOptions& o, RunKind kind) {
   } else if (!o.target_model_path.empty() || !o.domain_model_path.empty()) {
     fail("config: give either 'teachers' or target_model_path + domain_model_path, not both");
   }
-  for (const auto& [domain, t] : o.teachers) {
+  for (auto& [domain, t] : o.teachers) {
+    if (t.temperature == 0) t.temperature = o.temperature;
     if (t.path.empty()) fail("config key 'teachers.", domain, ".path' is required");
     if (!(t.temperature > 0)) fail("config key 'teachers.", domain, ".temperature' must be > 0");
     if (!(t.weight >= 0)) fail("config key 'teachers.", domain, ".weight' must be >= 0");

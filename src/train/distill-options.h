@@ -14,8 +14,8 @@ namespace kdae::train {
 // One teacher of a DAE run: the frozen model that supplies the soft labels for its domain.
 struct TeacherSpec {
   std::string path;
-  double temperature = 1.0;
-  double weight = 1.0;  // multiplies this teacher's KD term
+  double temperature = 0.0;  // 0 = the run's temperature (filled in by validate_distill_options)
+  double weight = 1.0;       // multiplies this teacher's KD term
 };
 
 struct DistillOptions {

@@ -148,6 +148,13 @@ TEST(RunConfig, ValidationAndAlignTeachers) {
   ASSERT_EQ(a.teachers.size(), 2u);
   EXPECT_EQ(a.teachers["general"].path, "t");
   EXPECT_EQ(a.teachers["domain"].path, "expert");
+  // A teacher without its own temperature takes the run's, wherever the key sits in the file.
+  DistillOptions c = o;
+  c.target_model_path.clear();
+  cli::apply_config_text(c, "teachers: {general: g, shop: {path: s, temperature: 3}}\ntemperature: 2\n", "run.yaml");
+  train::validate_distill_options(c, train::RunKind::align);
+  EXPECT_DOUBLE_EQ(c.teachers["general"].temperature, 2.0);
+  EXPECT_DOUBLE_EQ(c.teachers["shop"].temperature, 3.0);
 }
 
 TEST(RunConfig, ExamplesParseAndDocsAreCurrent) {
