@@ -283,7 +283,11 @@ void rotate_checkpoints(const fs::path& output_dir, int keep_last) {
   for (const auto& [step, dir] : list_checkpoints(output_dir))
     if (is_complete_checkpoint(dir)) complete.push_back(dir);
   for (size_t i = 0; i + keep_last < complete.size(); ++i) {
-    remove_tree(complete[i]);
+    // Renamed to a hidden name first: a kill in the middle of the deletion must not leave a
+    // half-deleted checkpoint-<N> that find_latest_checkpoint could pick.
+    const fs::path doomed = staging_path_for(complete[i]).string() + ".deleting";
+    fs::rename(complete[i], doomed);
+    remove_tree(doomed);
   }
 }
 

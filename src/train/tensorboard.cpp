@@ -124,8 +124,13 @@ TensorBoardWriter::TensorBoardWriter(const fs::path& log_dir, double flush_secon
   if (::gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "localhost");
   host[sizeof host - 1] = 0;
   const auto seconds = static_cast<long long>(unix_now());
-  path_ = log_dir / ("events.out.tfevents." + std::to_string(seconds) + "." + host);
-  if (fs::exists(path_)) path_ += "." + std::to_string(::getpid());
+  // Built with += : gcc 12 flags `"literal" + std::string&&` with a false -Wstringop-overflow.
+  std::string name = "events.out.tfevents.";
+  name += std::to_string(seconds);
+  name += ".";
+  name += host;
+  path_ = log_dir / name;
+  if (fs::exists(path_)) path_ += std::string(".") += std::to_string(::getpid());
   file_ = std::fopen(path_.c_str(), "wbx");
   if (!file_) fail(path_.string(), ": cannot create the TensorBoard event file: ", std::strerror(errno));
   last_flush_ = std::chrono::steady_clock::now();

@@ -5,11 +5,15 @@
 //       IN holds "param.<name>" and "grad.<k>.<name>" (k = 0..steps-1; a missing grad = no grad that
 //       step). OUT gets "param.<name>", the optimizer state, and "grad_norm.<k>".
 //   train_oracle_tool tb LOG_DIR        stdin lines "tag step value" -> one event file in LOG_DIR
+//   train_oracle_tool ckpt-loop OUT_DIR STEPS KEEP   saves checkpoints 1..STEPS (weights filled with
+//       the step number, 4 MB each) with keep-last KEEP, continuing after the newest checkpoint
+//       in OUT_DIR; the kill -9 test interrupts it anywhere.
 #include <iostream>
 #include <sstream>
 #include <string>
 
 #include "io/safetensors.h"
+#include "train/checkpoint.h"
 #include "train/lr-schedule.h"
 #include "train/optimizer.h"
 #include "train/tensorboard.h"
@@ -73,12 +77,37 @@ static int run_tb(char** argv) {
   return 0;
 }
 
+static int run_ckpt_loop(char** argv) {
+  const int64_t steps = std::stoll(argv[3]);
+  const int keep = std::stoi(argv[4]);
+  // Resume after the newest checkpoint, as a restarted run would (load_checkpoint validates it).
+  int64_t first = 1;
+  if (auto latest = train::find_latest_checkpoint(argv[2])) first = train::load_checkpoint(*latest).state.step + 1;
+  for (int64_t step = first; step <= steps; ++step) {
+    const train::NamedTensors model = {{"model.embed_tokens.weight", torch::full({1024, 1024}, float(step))},
+                                       {"model.norm.weight", torch::full({1024}, float(step))}};
+    const train::NamedTensors opt = {{"model.norm.weight.step", torch::full({}, float(step))},
+                                     {"model.norm.weight.exp_avg", torch::full({1024}, float(step))},
+                                     {"model.norm.weight.exp_avg_sq", torch::full({1024}, float(step))}};
+    train::CheckpointContents c;
+    c.model = &model;
+    c.optimizer = &opt;
+    c.state.step = step;
+    c.state.scheduler_step = step;
+    train::capture_rng_states(c.state);
+    train::save_checkpoint(argv[2], c, keep);
+    std::cout << step << std::endl;
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   try {
     const std::string mode = argc > 1 ? argv[1] : "";
     if (mode == "lr" && argc == 7) return run_lr(argv);
     if (mode == "adamw" && argc == 11) return run_adamw(argv);
     if (mode == "tb" && argc == 3) return run_tb(argv);
+    if (mode == "ckpt-loop" && argc == 5) return run_ckpt_loop(argv);
     std::cerr << "usage: see the comment at the top of tests/tools/train_oracle_tool.cpp\n";
     return 2;
   } catch (const std::exception& e) {
