@@ -4,6 +4,7 @@
 #include <ATen/Context.h>
 #include <ftw.h>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -69,6 +70,21 @@ torch::Tensor bytes_tensor(const std::string& bytes) {
   torch::Tensor t = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);  // (n)
   std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
   return t;
+}
+
+// Staging directories of saves that died (kill -9, power loss) hold a whole model each: delete those
+// whose writer process is gone. A live writer (another run on the same output_dir) is left alone.
+void remove_stale_staging(const fs::path& output_dir) {
+  static const std::regex pattern(R"(\.checkpoint-[0-9]+\.partial-([0-9]{1,9})(\.deleting)?)");
+  std::vector<fs::path> stale;
+  for (const auto& entry : fs::directory_iterator(output_dir)) {
+    std::smatch m;
+    const std::string name = entry.path().filename().string();
+    if (!std::regex_match(name, m, pattern)) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(m[1].str()));
+    if (pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(entry.path());
+  }
+  for (const auto& dir : stale) remove_tree(dir);
 }
 
 }  // namespace
@@ -204,6 +220,7 @@ fs::path save_checkpoint(const fs::path& output_dir, const CheckpointContents& c
   std::error_code ec;
   fs::create_directories(output_dir, ec);
   if (ec) fail(output_dir.string(), ": cannot create the output directory: ", ec.message());
+  remove_stale_staging(output_dir);
   const fs::path target = output_dir / ("checkpoint-" + std::to_string(contents.state.step));
   const fs::path staging = staging_path_for(target);
   remove_tree(staging);

@@ -97,7 +97,7 @@ TEST(Checkpoint, TornStagingIgnoredAndRotation) {
   save_at(out, 10, 0);
   save_at(out, 20, 0);
   // What a kill -9 during a save leaves: a staging directory with partial files.
-  const fs::path torn = out / ".checkpoint-30.partial-99999";
+  const fs::path torn = out / ".checkpoint-30.partial-999999999";  // no such process
   fs::create_directories(torn);
   std::ofstream(torn / "model.safetensors") << "\x08\x00";
   EXPECT_EQ(find_latest_checkpoint(out), out / "checkpoint-20");
@@ -108,6 +108,7 @@ TEST(Checkpoint, TornStagingIgnoredAndRotation) {
   EXPECT_TRUE(fs::exists(out / "checkpoint-20"));
   EXPECT_TRUE(fs::exists(out / "checkpoint-30"));
   EXPECT_TRUE(fs::exists(out / "checkpoint-5"));
+  EXPECT_FALSE(fs::exists(torn));  // the dead writer's staging directory was cleaned up
   EXPECT_EQ(find_latest_checkpoint(out), out / "checkpoint-30");
   EXPECT_EQ(find_latest_checkpoint(out / "nothing-here"), std::nullopt);
   remove_tree(out);
