@@ -14,5 +14,6 @@ int run_cli(int argc, char** argv);
 Command info_command();
 Command forward_command();
 Command convert_command();
+Command tokenize_command();
 
 }  // namespace kdae::cli
