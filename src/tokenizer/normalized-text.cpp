@@ -95,13 +95,35 @@ void NormalizedText::unicode_normalize(std::string_view form) {
     j += len;
     while (j < text.size()) {
       const uint32_t cp = utf8_decode(text, j, &len);
-      if (utf8proc_get_property(static_cast<utf8proc_int32_t>(cp))->combining_class == 0) break;
+      // Hangul vowel/trailing jamo compose with what precedes them although they are starters.
+      const bool jamo = (cp >= 0x1160 && cp <= 0x11FF) || (cp >= 0xD7B0 && cp <= 0xD7FF);
+      if (!jamo && utf8proc_get_property(static_cast<utf8proc_int32_t>(cp))->combining_class == 0) break;
       j += len;
     }
     const std::string run = utf8proc_apply(std::string_view(text).substr(i, j - i), form);
-    const Range r = original_range(i, j);
+    // When the run normalizes character by character (only decompositions, as with Bengali U+09DF),
+    // each output keeps its own character's range, like HF; a composition gets the whole run.
+    std::string per_char;
+    std::vector<Range> per_align;
+    for (size_t k = i; k < j; k += len) {
+      utf8_decode(text, k, &len);
+      const std::string one = utf8proc_apply(std::string_view(text).substr(k, len), form);
+      per_char += one;
+      per_align.insert(per_align.end(), one.size(), original_range(k, k + len));
+    }
     out += run;
-    out_align.insert(out_align.end(), run.size(), r);
+    if (per_char == run) out_align.insert(out_align.end(), per_align.begin(), per_align.end());
+    else {
+      // Composition: the k-th output character takes the k-th input character's range (so a
+      // composed "é" maps to its base "e" alone, as in HF).
+      size_t in = i, olen;
+      for (size_t o = 0; o < run.size(); o += olen) {
+        utf8_decode(run, o, &olen);
+        utf8_decode(text, in, &len);
+        out_align.insert(out_align.end(), olen, original_range(in, in + len));
+        if (in + len < j) in += len;
+      }
+    }
     i = j;
   }
   // Runs are normalized independently; composition across runs (e.g. Hangul jamo) falls back to
