@@ -40,4 +40,13 @@ std::optional<std::vector<Span>> reference_spans(std::string_view text, std::str
   return spans;
 }
 
+TokenizedSample tokenize_rendered(const tok::Tokenizer& tokenizer, std::string_view text,
+                                  const std::vector<Span>& spans) {
+  tok::Encoding encoding = tokenizer.encode_with_offsets(text, /*add_special_tokens=*/false);
+  TokenizedSample sample;
+  sample.supervised = supervised_mask(encoding, spans);
+  sample.ids = std::move(encoding.ids);
+  return sample;
+}
+
 }  // namespace kdae::data

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "data/chat-template.h"
+#include "data/tokenized-sample.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kdae::data {
@@ -23,5 +24,10 @@ std::vector<uint8_t> supervised_mask(const tok::Encoding& encoding, const std::v
 // text); a trailing "[INST]" turn with no "[/INST]" stays masked to the end. A text missing either
 // marker yields nullopt and *skip_reason says why (the caller counts and reports the skip).
 std::optional<std::vector<Span>> reference_spans(std::string_view text, std::string* skip_reason);
+
+// Tokenizes rendered text (no added special tokens: templates write BOS themselves) and marks
+// the supervised tokens by the rule above.
+TokenizedSample tokenize_rendered(const tok::Tokenizer& tokenizer, std::string_view text,
+                                  const std::vector<Span>& spans);
 
 }  // namespace kdae::data

@@ -94,3 +94,31 @@ TEST(ChatTemplate, DetectsAndRejects) {
   EXPECT_THROW(ChatTemplate::by_name("mistral-legacy", "<s>", "</s>").render({{"system", "s"}, {"user", "u"}}),
                kdae::Error);
 }
+
+namespace {
+// A Tokenizer subclass over byte tokens, to drive tokenize_rendered through the real interface.
+struct ByteTokenizer : kdae::tok::Tokenizer {
+  Encoding encode_with_offsets(std::string_view text, bool) const override { return byte_tokens(std::string(text)); }
+  std::string decode(const std::vector<kdae::tok::TokenId>& ids, bool) const override {
+    return std::string(ids.begin(), ids.end());
+  }
+  int64_t vocab_size() const override { return 256; }
+  std::optional<kdae::tok::TokenId> token_to_id(std::string_view) const override { return std::nullopt; }
+  std::string id_to_token(kdae::tok::TokenId id) const override { return std::string(1, static_cast<char>(id)); }
+  bool is_special(kdae::tok::TokenId) const override { return false; }
+  std::string fingerprint() const override { return "bytes"; }
+};
+}  // namespace
+
+TEST(LossMask, TokenizeRenderedLlama3) {
+  const auto r = ChatTemplate::by_name("llama3", "<|begin_of_text|>", "<|eot_id|>")
+                     .render({{"user", " q "}, {"assistant", " ok \n"}});
+  EXPECT_EQ(r.text, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nq<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\nok<|eot_id|>");
+  const auto s = tokenize_rendered(ByteTokenizer(), r.text, r.assistant_spans);
+  ASSERT_EQ(s.ids.size(), r.text.size());
+  size_t n = 0;
+  for (auto m : s.supervised) n += m;
+  EXPECT_EQ(n, std::string("ok<|eot_id|>").size());
+  EXPECT_EQ(s.supervised.back(), 1);
+}
