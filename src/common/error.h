@@ -26,12 +26,12 @@ std::string str(const Parts&... parts) {
 
 template <typename... Parts>
 [[noreturn]] void fail(const Parts&... parts) {
-  throw Error(str(parts...));
+  throw Error(::kdae::str(parts...));
 }
 
 template <typename... Parts>
 [[noreturn]] void usage_fail(const Parts&... parts) {
-  throw UsageError(str(parts...));
+  throw UsageError(::kdae::str(parts...));
 }
 
 }  // namespace kdae

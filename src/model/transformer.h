@@ -1,0 +1,125 @@
+// The one transformer kdae implements: Llama, Mistral (sliding window) and Qwen2 (qkv bias) are
+// configurations, Mixtral is the MoE branch taken where a layer has a router.
+// Dimensions: B batch, T query tokens, S key tokens (cache + T), D hidden, H query heads,
+// Hkv key/value heads, hd head dim, F MLP width, E experts, K experts per token, V vocab, N layers.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/types.h>
+
+#include <functional>
+#include <vector>
+
+#include "model/layers.h"
+#include "model/model-config.h"
+#include "model/rope.h"
+
+namespace kdae::model {
+
+// Keys and values of past tokens, per layer, for incremental decoding.
+struct KVCache {
+  std::vector<torch::Tensor> keys, values;  // per layer (B, Hkv, S, hd)
+  int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
+};
+
+struct ForwardOptions {
+  torch::Tensor position_ids;  // (B, T) int64; default: cache length + arange(T)
+  torch::Tensor segment_ids;   // (B, T) int; packed samples attend only within their segment (0 = padding)
+  bool attentions = false;     // keep per-layer attention probabilities (eager path)
+  bool hidden_states = false;  // keep N + 1 hidden states (embeddings, each layer, final norm)
+  bool router_logits = false;  // keep per-layer router logits (MoE)
+  bool logits = true;          // false: skip the LM head (callers that only need hidden states)
+  KVCache* cache = nullptr;
+  // Called per layer with its attention probabilities (B, H, T, S) instead of keeping them all:
+  // attention KD reads one layer at a time and never holds every map at once.
+  std::function<void(int64_t layer, const torch::Tensor& probs)> on_attention;
+};
+
+// What every layer of one forward pass shares: rotary tables and the attention masks.
+struct LayerContext {
+  RopeTables rope;
+  torch::Tensor mask;         // (B, 1, T, S) bool, true = may attend; undefined = plain causal (or none for T=1)
+  torch::Tensor window_mask;  // same for sliding-window layers; undefined = as `mask`
+  KVCache* cache = nullptr;
+};
+
+struct ForwardOutput {
+  torch::Tensor logits;                     // (B, T, V)
+  std::vector<torch::Tensor> attentions;    // N x (B, H, T, S)
+  std::vector<torch::Tensor> hidden_states; // (N + 1) x (B, T, D)
+  std::vector<torch::Tensor> router_logits; // N x (B*T, E)
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const ModelConfig& config, int64_t layer);
+  // x (B, T, D) -> (B, T, D); probs_out receives (B, H, T, S) when requested.
+  torch::Tensor forward(const torch::Tensor& x, const struct LayerContext& ctx, torch::Tensor* probs_out);
+  Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  int64_t layer_, num_heads_, num_kv_heads_, head_dim_;
+};
+TORCH_MODULE(Attention);
+
+class MLPImpl : public torch::nn::Module {
+ public:
+  MLPImpl(int64_t hidden, int64_t intermediate, bool bias, const char* gate, const char* down, const char* up);
+  torch::Tensor forward(const torch::Tensor& x);  // (..., D) -> (..., D): down(silu(gate(x)) * up(x))
+  Linear gate{nullptr}, down{nullptr}, up{nullptr};
+};
+TORCH_MODULE(MLP);
+
+class SparseMoeImpl : public torch::nn::Module {
+ public:
+  explicit SparseMoeImpl(const ModelConfig& config);
+  // x (B, T, D) -> (B, T, D); router_logits_out receives (B*T, E).
+  torch::Tensor forward(const torch::Tensor& x, torch::Tensor* router_logits_out);
+  Linear gate{nullptr};
+  torch::nn::ModuleList experts;
+
+ private:
+  int64_t top_k_;
+};
+TORCH_MODULE(SparseMoe);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer);
+  torch::Tensor forward(const torch::Tensor& x, const LayerContext& ctx, torch::Tensor* probs, torch::Tensor* router);
+  Attention self_attn{nullptr};
+  MLP mlp{nullptr};
+  SparseMoe moe{nullptr};
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+// The "model." prefix of HF checkpoints.
+class BackboneImpl : public torch::nn::Module {
+ public:
+  explicit BackboneImpl(const ModelConfig& config);
+  torch::Tensor embed_tokens;  // (V, D)
+  torch::nn::ModuleList layers;
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(Backbone);
+
+class TransformerImpl : public torch::nn::Module {
+ public:
+  explicit TransformerImpl(ModelConfig config);
+  ForwardOutput forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
+  torch::Tensor lm_head_weight() const;  // (V, D): lm_head.weight, or the embeddings when tied
+
+  const ModelConfig& config() const { return config_; }
+  Backbone model{nullptr};
+  torch::Tensor lm_head;  // (V, D); undefined when tied
+  // Recompute each layer in backward instead of storing its activations.
+  bool gradient_checkpointing = false;
+
+ private:
+  ModelConfig config_;
+  torch::Tensor inv_freq_;  // (hd/2) fp32 on the CPU; moved per call (tiny)
+};
+TORCH_MODULE(Transformer);
+
+}  // namespace kdae::model
