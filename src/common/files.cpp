@@ -1,6 +1,8 @@
 #include "common/files.h"
 
 #include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -70,6 +72,14 @@ void write_file_atomic(const fs::path& path, std::string_view bytes) {
   writer.commit();
 }
 
+void remove_tree(const fs::path& path) {
+  auto remove_one = [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p) == 0 ? 0 : -1; };
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(path, ec))) return;
+  if (::nftw(path.c_str(), remove_one, 16, FTW_DEPTH | FTW_PHYS) != 0)
+    fail(path.string(), ": cannot delete: ", std::strerror(errno));
+}
+
 fs::path staging_path_for(const fs::path& target) {
   fs::path clean = target;
   if (!clean.has_filename()) clean = clean.parent_path();
@@ -88,7 +98,7 @@ void publish_directory(const fs::path& tmp_dir, const fs::path& target, bool ove
       fs::rename(old, target);
       fail(target.string(), ": cannot rename new output into place: ", ec.message());
     }
-    fs::remove_all(old, ec);
+    remove_tree(old);
     return;
   }
   fs::rename(tmp_dir, target, ec);

@@ -29,6 +29,11 @@ class AtomicFileWriter {
   size_t written_ = 0;
 };
 
+// Deletes a file or directory tree; a missing path is fine. Use this, never std::filesystem::remove_all:
+// libtorch.so exports its own copy of the std::filesystem functions and its remove_all segfaults
+// (torch 2.11 wheel) in every binary that links LibTorch.
+void remove_tree(const std::filesystem::path& path);
+
 // Renames a fully written temporary directory into place; an existing target is an error
 // unless overwrite is set, in which case the old directory is removed only after the rename succeeds.
 void publish_directory(const std::filesystem::path& tmp_dir, const std::filesystem::path& target, bool overwrite);

@@ -213,7 +213,7 @@ void convert_gguf_to_hf(const fs::path& gguf_path, const fs::path& out_dir, cons
 
   const HfTokenizerFiles tok = f.find("tokenizer.ggml.model") ? gguf_tokenizer_to_hf(f) : HfTokenizerFiles{};
   const fs::path staging = staging_path_for(out_dir);
-  fs::remove_all(staging);
+  remove_tree(staging);
   fs::create_directories(staging);
   try {
     write_checkpoint(staging, tensors);
@@ -226,8 +226,7 @@ void convert_gguf_to_hf(const fs::path& gguf_path, const fs::path& out_dir, cons
     if (!tok.chat_template.empty()) write_file_atomic(staging / "chat_template.jinja", tok.chat_template);
     publish_directory(staging, out_dir, options.overwrite);
   } catch (...) {
-    std::error_code ec;
-    fs::remove_all(staging, ec);
+    remove_tree(staging);
     throw;
   }
 }

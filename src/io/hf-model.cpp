@@ -78,7 +78,7 @@ std::vector<std::pair<std::string, torch::Tensor>> checkpoint_tensors(model::Tra
 void save_model(model::Transformer& model, const fs::path& dir, const SaveOptions& options) {
   if (fs::exists(dir) && !options.overwrite) fail(dir.string(), ": already exists (pass --overwrite to replace it)");
   const fs::path staging = staging_path_for(dir);
-  fs::remove_all(staging);
+  remove_tree(staging);
   fs::create_directories(staging);
   try {
     model::ModelConfig config = model->config();
@@ -101,8 +101,7 @@ void save_model(model::Transformer& model, const fs::path& dir, const SaveOption
     }
     publish_directory(staging, dir, options.overwrite);
   } catch (...) {
-    std::error_code ec;
-    fs::remove_all(staging, ec);
+    remove_tree(staging);
     throw;
   }
 }

@@ -28,6 +28,15 @@ class LinearImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Linear);
 
+// A bare weight matrix under its own module name, so names read "model.embed_tokens.weight" and
+// "lm_head.weight" as in HF checkpoints (LibTorch forbids dots in parameter names).
+class WeightImpl : public torch::nn::Module {
+ public:
+  explicit WeightImpl(torch::Tensor init) { weight = register_parameter("weight", std::move(init)); }
+  torch::Tensor weight;
+};
+TORCH_MODULE(Weight);
+
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);

@@ -36,7 +36,7 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const LayerConte
 }
 
 BackboneImpl::BackboneImpl(const ModelConfig& c) {
-  embed_tokens = register_parameter("embed_tokens.weight", torch::randn({c.vocab_size, c.hidden_size}) * 0.02);  // (V, D)
+  embed_tokens = register_module("embed_tokens", Weight(torch::randn({c.vocab_size, c.hidden_size}) * 0.02));  // (V, D)
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t l = 0; l < c.num_layers; ++l) layers->push_back(DecoderLayer(c, l));
   norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
@@ -45,12 +45,12 @@ BackboneImpl::BackboneImpl(const ModelConfig& c) {
 TransformerImpl::TransformerImpl(ModelConfig config) : config_(std::move(config)) {
   model = register_module("model", Backbone(config_));
   if (!config_.tie_word_embeddings)
-    lm_head = register_parameter("lm_head.weight", torch::randn({config_.vocab_size, config_.hidden_size}) * 0.02);  // (V, D)
+    lm_head = register_module("lm_head", Weight(torch::randn({config_.vocab_size, config_.hidden_size}) * 0.02));  // (V, D)
   // Not a buffer: module.to(bf16) would round it, while HF keeps the frequencies in fp32.
   inv_freq_ = rope_inverse_frequencies(config_);  // (hd/2)
 }
 
-torch::Tensor TransformerImpl::lm_head_weight() const { return lm_head.defined() ? lm_head : model->embed_tokens; }
+torch::Tensor TransformerImpl::lm_head_weight() const { return lm_head ? lm_head->weight : model->embed_tokens->weight; }
 
 namespace {
 
@@ -114,7 +114,7 @@ ForwardOutput TransformerImpl::forward(const torch::Tensor& input_ids, const For
   torch::Tensor positions = opt.position_ids.defined()
                                 ? opt.position_ids.to(device)
                                 : torch::arange(past, past + T, torch::dtype(torch::kInt64).device(device)).expand({B, T});  // (B, T)
-  torch::Tensor x = F::embedding(input_ids, model->embed_tokens);  // (B, T, D)
+  torch::Tensor x = F::embedding(input_ids, model->embed_tokens->weight);  // (B, T, D)
 
   LayerContext ctx;
   ctx.rope = rope_tables(inv_freq_, positions, x.scalar_type());

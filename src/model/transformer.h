@@ -98,7 +98,7 @@ TORCH_MODULE(DecoderLayer);
 class BackboneImpl : public torch::nn::Module {
  public:
   explicit BackboneImpl(const ModelConfig& config);
-  torch::Tensor embed_tokens;  // (V, D)
+  Weight embed_tokens{nullptr};  // weight (V, D)
   torch::nn::ModuleList layers;
   RMSNorm norm{nullptr};
 };
@@ -112,7 +112,7 @@ class TransformerImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return config_; }
   Backbone model{nullptr};
-  torch::Tensor lm_head;  // (V, D); undefined when tied
+  Weight lm_head{nullptr};  // weight (V, D); null when tied
   // Recompute each layer in backward instead of storing its activations.
   bool gradient_checkpointing = false;
 

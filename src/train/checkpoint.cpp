@@ -25,16 +25,6 @@ namespace {
 
 const char* kStateFile = "trainer_state.json";
 
-// std::filesystem::remove_all must not be used here: libtorch.so exports its own copy of the
-// std::filesystem functions, and its remove_all segfaults (both overloads, torch 2.11 wheel) when
-// it wins symbol resolution, which it does in every binary that links LibTorch.
-void remove_tree(const fs::path& path) {
-  auto remove_one = [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p) == 0 ? 0 : -1; };
-  std::error_code ec;
-  if (!fs::exists(fs::symlink_status(path, ec))) return;
-  if (::nftw(path.c_str(), remove_one, 16, FTW_DEPTH | FTW_PHYS) != 0)
-    fail(path.string(), ": cannot delete: ", std::strerror(errno));
-}
 const char* kOptimizerFile = "optimizer.safetensors";
 
 std::optional<int64_t> checkpoint_step(const fs::path& dir) {
