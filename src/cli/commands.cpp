@@ -10,6 +10,7 @@ const std::vector<Command>& all_commands() {
   static const std::vector<Command> commands = {
       info_command(),
       forward_command(),
+      generate_command(),
       convert_command(),
       tokenize_command(),
   };

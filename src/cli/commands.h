@@ -13,6 +13,7 @@ int run_cli(int argc, char** argv);
 // One factory per command file.
 Command info_command();
 Command forward_command();
+Command generate_command();
 Command convert_command();
 Command tokenize_command();
 
