@@ -45,10 +45,14 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const LayerContext&
     torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());  // (B, H, T, S)
     out = torch::matmul(probs, vr);                                                      // (B, H, T, hd)
     *probs_out = probs;
-  } else if (mask.defined()) {
-    out = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, /*enable_gqa=*/true);
   } else {
-    out = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/T > 1, scale, /*enable_gqa=*/true);
+    // The CPU flash kernel does not take enable_gqa (it falls back to the slower math path):
+    // expanding the kv heads there measured faster (docs/performance.md).
+    const bool expand = !x.is_cuda() && num_heads_ != num_kv_heads_;
+    const torch::Tensor kk = expand ? k.repeat_interleave(num_heads_ / num_kv_heads_, 1) : k;  // (B, H, S, hd)
+    const torch::Tensor vv = expand ? v.repeat_interleave(num_heads_ / num_kv_heads_, 1) : v;  // (B, H, S, hd)
+    if (mask.defined()) out = at::scaled_dot_product_attention(q, kk, vv, mask, 0.0, false, scale, !expand);
+    else out = at::scaled_dot_product_attention(q, kk, vv, std::nullopt, 0.0, /*is_causal=*/T > 1, scale, !expand);
   }
   return o_proj(out.transpose(1, 2).reshape({B, T, num_heads_ * head_dim_}));  // (B, T, D)
 }
