@@ -9,6 +9,9 @@ KDAE_HOME="${KDAE_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/kdae}"
 KDAE_VENV="${KDAE_VENV:-$KDAE_HOME/venv}"
 KDAE_BUILD="${KDAE_BUILD:-$KDAE_ROOT/build}"
 export KDAE_ROOT KDAE_HOME KDAE_VENV KDAE_BUILD
+# Let ccache hit across clones in other folders (CI's fresh clone) and with the precompiled header.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$KDAE_ROOT}"
+export CCACHE_SLOPPINESS="${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}"
 
 APT_PACKAGES=(g++ cmake ninja-build ccache pkg-config python3 python3-venv
               libyaml-cpp-dev nlohmann-json3-dev libsentencepiece-dev libgtest-dev libgmock-dev
