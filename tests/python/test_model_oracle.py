@@ -117,3 +117,16 @@ def test_info_counts_parameters(tmp_path):
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
     expert = 3 * BASE["hidden_size"] * BASE["intermediate_size"]
     assert info["parameters"] - info["active_parameters_per_token"] == 2 * 2 * expert
+
+
+@pytest.mark.parametrize("name", ["llama_gqa4", "mixtral_4x_top2"])
+def test_bf16_matches_transformers_bf16(name, tmp_path):
+    """--dtype bfloat16 follows transformers' bf16 arithmetic (the CUDA run of this check is still pending)."""
+    import transformers
+    _, model_dir = make_model(name, tmp_path)
+    ours = run_kdae_forward(model_dir, tmp_path / "bf16.safetensors", "--dtype", "bfloat16")["logits"]
+    ref_model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16,
+                                                                  attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        ref = ref_model(torch.tensor([IDS])).logits[0].float()
+    assert (ours - ref).abs().max().item() < 2e-2
