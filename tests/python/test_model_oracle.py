@@ -36,7 +36,7 @@ IDS = [1, 5, 17, 3, 88, 42, 7, 7, 60, 11, 2, 95, 33]
 def make_model(name, tmp_path):
     import transformers
     cfg_cls, model_cls, extra = CASES[name]
-    torch.manual_seed(hash(name) % 1000)
+    torch.manual_seed(sum(map(ord, name)))  # str hash() is salted per process
     config = getattr(transformers, cfg_cls)(**{**BASE, **extra}, attn_implementation="eager")
     model = getattr(transformers, model_cls)(config).eval()
     with torch.no_grad():  # norms start at 1; random values make the test sensitive to them
@@ -95,8 +95,10 @@ def test_gradients_and_round_trip(name, tmp_path):
                     ref[prefix + "w2.weight"] = g[e]
         for key in [k for k in ref if k.endswith("mlp.gate.weight")]:
             ref[key.replace("mlp.gate", "block_sparse_moe.gate")] = ref.pop(key)
-    assert set(ours) == set(ref)
-    for key, g in ref.items():
+    # An expert that no token chose has no gradient in kdae and an all-zero one in transformers.
+    unused = {k for k in set(ref) - set(ours) if not ref[k].any()}
+    assert set(ours) == set(ref) - unused
+    for key, g in ((k, g) for k, g in ref.items() if k not in unused):
         scale = g.abs().max().item() + 1e-12
         assert (ours[key] - g).abs().max().item() / scale < TOL, key
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(saved, attn_implementation="eager").eval()
