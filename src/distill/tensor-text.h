@@ -1,5 +1,5 @@
-// Tensor descriptions for error messages. kdae::fail's unqualified str() is ambiguous with
-// c10::str when given an IntArrayRef, so shapes go in as ready-made text.
+// Tensor descriptions for error messages: a shape as "[B, T, V]" text. (kdae::fail now accepts
+// IntArrayRef directly too; error.h qualifies its str() call to avoid c10::str.)
 #pragma once
 #include <torch/types.h>
 
