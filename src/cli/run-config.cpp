@@ -229,11 +229,13 @@ const std::vector<Key>& key_table() {
     t.push_back(not_for_resume(bool_key(m, "overwrite", &D::overwrite, "Replace an existing final model in output_dir.")));
     t.push_back(string_key(m, "instruction_key", &D::instruction_key, "Text that opens a user turn; user turns are not supervised."));
     t.push_back(string_key(m, "response_key", &D::response_key, "Text that ends a user turn; the answer after it is supervised."));
-    t.push_back(string_key(m, "chat_template", &D::chat_template, "Jinja chat template for samples given as messages; empty = samples are formatted strings."));
+    t.push_back(string_key(m, "chat_template", &D::chat_template, "Chat template name (mistral, llama3, chatml, smollm2, ...) for messages/alpaca/prompt-response samples; empty = detect from the student tokenizer's chat_template."));
     t.push_back(int_key(m, "seq_length", &D::seq_length, "Tokens per sequence (BOS included)."));
     t.push_back(bool_key(m, "packing", &D::packing, "Pack several samples into one sequence (attention kept within each sample)."));
     t.push_back(enum_key(m, "truncation", &D::truncation, {"truncate", "drop"}, "What to do with a sample longer than seq_length."));
     t.push_back(int_key(m, "min_supervised_tokens", &D::min_supervised_tokens, "Samples with fewer supervised tokens after truncation are skipped."));
+    t.push_back(bool_key(m, "dedup", &D::dedup, "Drop samples whose token sequence repeats an earlier sample's."));
+    t.push_back(not_for_resume(string_key(m, "data_cache_dir", &D::data_cache_dir, "Tokenized-dataset cache directory; empty = $KDAE_HOME/datasets (~/.cache/kdae/datasets), `none` = no cache.")));
 
     t.push_back(float_key(op, "learning_rate", &D::learning_rate, "Peak learning rate (AdamW)."));
     t.push_back(int_key(op, "train_batch_size", &D::train_batch_size, "Sequences per micro-batch."));
@@ -282,6 +284,12 @@ const std::vector<Key>& key_table() {
       t.push_back(k);
     }
     t.push_back(not_for_resume(int_key(lo, "kd_chunk_tokens", &D::kd_chunk_tokens, "Tokens per chunk of the vocabulary-sized KD computation; 0 = automatic.")));
+
+    const std::string moe = "MoE students";
+    t.push_back(float_key(moe, "router_aux_loss_coef", &D::router_aux_loss_coef, "Weight of Mixtral's load-balancing loss; < 0 = the student config's router_aux_loss_coef (0 for dense students)."));
+    t.push_back(float_key(moe, "router_z_loss_coef", &D::router_z_loss_coef, "Weight of the router z-loss (ST-MoE); 0 = off."));
+    t.push_back(bool_key(moe, "freeze_routers", &D::freeze_routers, "Keep the routers' weights fixed."));
+    t.push_back(bool_key(moe, "freeze_experts", &D::freeze_experts, "Keep the experts' weights fixed (train attention, norms, routers)."));
 
     t.push_back(bool_key(pe, "use_peft", &D::use_peft, "Train LoRA adapters instead of all weights."));
     t.push_back(int_key(pe, "peft_lora_r", &D::peft_lora_r, "LoRA rank."));

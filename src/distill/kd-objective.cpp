@@ -27,6 +27,41 @@ torch::Tensor supervised_mask(const torch::Tensor& labels, const torch::Tensor& 
   return token_mask.to(torch::kBool);  // (B, T)
 }
 
+namespace {
+
+// The divergence term pooled over teacher parts: sum_g w_g * loss_g * n_g / sum_g n_g, with n_g the
+// part's supervised tokens (token mean) or supervised sequences (sequence mean).
+DistillTerm pooled_distillation(const KdBatch& batch, const torch::Tensor& mask, const KdObjectiveOptions& opts,
+                                KdTerms& terms) {
+  torch::Tensor weighted_sum;
+  int64_t tokens = 0, pool = 0;
+  for (const auto& part : batch.teachers) {
+    auto rows = part.rows.to(batch.student_logits.device());                         // (b)
+    auto part_mask = mask.index_select(0, rows);                                     // (b, T)
+    auto weights = batch.sample_weights.defined() ? batch.sample_weights.index_select(0, rows.to(batch.sample_weights.device()))
+                                                  : torch::Tensor();
+    DivergenceOptions div = opts.divergence;
+    div.temperature = part.temperature;
+    auto term = distillation_loss(batch.student_logits.index_select(0, rows), part.logits, part_mask, div, weights);
+    const int64_t n = opts.divergence.normalization == Normalization::TokenMean
+                          ? term.count
+                          : part_mask.any(1).sum().item<int64_t>();
+    terms.per_teacher.emplace_back(term.loss.detach().item<double>(), term.count);
+    auto piece = term.loss * (part.weight * static_cast<double>(n));
+    weighted_sum = weighted_sum.defined() ? weighted_sum + piece : piece;
+    tokens += term.count;
+    pool += n;
+  }
+  DistillTerm out;
+  out.count = tokens;
+  out.loss = !weighted_sum.defined() ? torch::zeros({}, batch.student_logits.options().dtype(torch::kFloat32))
+             : pool > 0 ? weighted_sum / static_cast<double>(pool)
+                        : weighted_sum * 0.0;
+  return out;
+}
+
+}  // namespace
+
 KdTerms kd_objective(const KdBatch& batch, const KdObjectiveOptions& opts) {
   if (!(opts.lambda >= 0.0 && opts.lambda <= 1.0)) fail("kd lambda must lie in [0, 1], got ", opts.lambda);
   const auto& logits = batch.student_logits;
@@ -61,7 +96,9 @@ KdTerms kd_objective(const KdBatch& batch, const KdObjectiveOptions& opts) {
     std::optional<torch::NoGradGuard> no_grad;
     if (w_kd == 0.0) no_grad.emplace();
     auto mask = supervised_mask(labels, batch.token_mask, opts.alignment).to(logits.device());  // (B, T)
-    auto pred = distillation_loss(logits, batch.teacher_logits, mask, opts.divergence, batch.sample_weights);
+    auto pred = batch.teachers.empty()
+                    ? distillation_loss(logits, batch.teacher_logits, mask, opts.divergence, batch.sample_weights)
+                    : pooled_distillation(batch, mask, opts, terms);
     terms.pred_layer_loss = pred.loss;
     terms.supervised_tokens = pred.count;
   }

@@ -13,6 +13,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "distill/divergence.h"
 #include "distill/loss-sum.h"
@@ -34,9 +36,20 @@ struct KdObjectiveOptions {
   DivergenceOptions divergence;
 };
 
+// One teacher's share of a micro-batch (several teachers: DAE routes samples by domain). Its
+// divergence uses its own temperature; its token-mean is weighted by `weight` and pooled with the
+// other parts by token count, so one part covering every row with weight 1 equals teacher_logits.
+struct TeacherPart {
+  torch::Tensor rows;            // (b) int64 batch rows this teacher serves
+  torch::Tensor logits;          // (b, T, Vt) constant
+  double temperature = 1.0;
+  double weight = 1.0;
+};
+
 struct KdBatch {
   torch::Tensor student_logits;  // (B, T, Vs) any float dtype
-  torch::Tensor teacher_logits;  // (B, T, Vt), constant
+  torch::Tensor teacher_logits;  // (B, T, Vt), constant; or use `teachers`
+  std::vector<TeacherPart> teachers;  // when non-empty, replaces teacher_logits
   torch::Tensor labels;          // (B, T) int64 next-token targets, -100 = not supervised
   torch::Tensor token_mask;      // (B, T) bool answer tokens (unshifted); needed for kd-dae only
   torch::Tensor sample_weights;  // (B) optional, used by the divergence normalization
@@ -55,6 +68,9 @@ struct KdTerms {
   torch::Tensor hidden_loss;
   int64_t supervised_tokens = 0;  // |M| of the divergence term
   int64_t ce_tokens = 0;          // labels != -100
+  // Per TeacherPart (same order): its divergence (token mean, unweighted) and token count, for
+  // per-domain logs. Empty when teacher_logits was used.
+  std::vector<std::pair<double, int64_t>> per_teacher;
 };
 
 // M for the divergence and the attention query rows under the chosen alignment: (B, T) bool.

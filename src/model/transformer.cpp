@@ -101,7 +101,7 @@ struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
 
 }  // namespace
 
-ForwardOutput TransformerImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& opt) {
+ForwardState TransformerImpl::begin(const torch::Tensor& input_ids, const ForwardOptions& opt) {
   if (input_ids.dim() != 2) fail("input_ids must be (B, T), got ", input_ids.sizes());
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const int64_t past = opt.cache ? opt.cache->length() : 0;
@@ -114,39 +114,55 @@ ForwardOutput TransformerImpl::forward(const torch::Tensor& input_ids, const For
   torch::Tensor positions = opt.position_ids.defined()
                                 ? opt.position_ids.to(device)
                                 : torch::arange(past, past + T, torch::dtype(torch::kInt64).device(device)).expand({B, T});  // (B, T)
-  torch::Tensor x = F::embedding(input_ids, model->embed_tokens->weight);  // (B, T, D)
-
-  LayerContext ctx;
-  ctx.rope = rope_tables(inv_freq_, positions, x.scalar_type());
+  ForwardState state;
+  state.options = opt;
+  state.x = F::embedding(input_ids, model->embed_tokens->weight);  // (B, T, D)
+  LayerContext& ctx = state.ctx;
+  ctx.rope = rope_tables(inv_freq_, positions, state.x.scalar_type());
   ctx.cache = opt.cache;
   const bool needs_window = config_.sliding_window && past + T > *config_.sliding_window;
   // Plain causal attention (past = 0) or single-token decoding needs no explicit mask: SDPA's fast paths.
   if (opt.segment_ids.defined() || (past > 0 && T > 1)) ctx.mask = build_mask(B, T, past, opt.segment_ids, std::nullopt, device);
   if (needs_window) ctx.window_mask = build_mask(B, T, past, opt.segment_ids, config_.sliding_window, device);
+  return state;
+}
 
-  ForwardOutput out;
+void TransformerImpl::advance(ForwardState& state, int64_t until_layer) {
+  const ForwardOptions& opt = state.options;
   const bool keep_probs = opt.attentions || static_cast<bool>(opt.on_attention);
   const bool checkpoint = gradient_checkpointing && is_training() && torch::GradMode::is_enabled() && !keep_probs &&
                           !opt.router_logits && !opt.cache;
-  for (int64_t l = 0; l < config_.num_layers; ++l) {
-    if (opt.hidden_states) out.hidden_states.push_back(x);
+  until_layer = std::min(until_layer, config_.num_layers);
+  for (int64_t& l = state.next_layer; l < until_layer; ++l) {
+    if (opt.hidden_states) state.out.hidden_states.push_back(state.x);
     auto* layer = model->layers[l]->as<DecoderLayerImpl>();
-    LayerContext layer_ctx = ctx;
+    LayerContext layer_ctx = state.ctx;
     if (!config_.window_applies(l)) layer_ctx.window_mask = torch::Tensor();
     if (checkpoint) {
-      x = CheckpointedLayer::apply(x, layer, layer_ctx);
+      state.x = CheckpointedLayer::apply(state.x, layer, layer_ctx);
       continue;
     }
     torch::Tensor probs, router;
-    x = layer->forward(x, layer_ctx, keep_probs ? &probs : nullptr, opt.router_logits ? &router : nullptr);
+    state.x = layer->forward(state.x, layer_ctx, keep_probs ? &probs : nullptr, opt.router_logits ? &router : nullptr);
     if (opt.on_attention) opt.on_attention(l, probs);
-    if (opt.attentions) out.attentions.push_back(probs);
-    if (opt.router_logits && router.defined()) out.router_logits.push_back(router);
+    if (opt.attentions) state.out.attentions.push_back(probs);
+    if (opt.router_logits && router.defined()) state.out.router_logits.push_back(router);
   }
-  x = model->norm(x);  // (B, T, D)
-  if (opt.hidden_states) out.hidden_states.push_back(x);
-  if (opt.logits) out.logits = F::linear(x, lm_head_weight());  // (B, T, V)
+}
+
+ForwardOutput TransformerImpl::finish(ForwardState& state) {
+  advance(state, config_.num_layers);
+  torch::Tensor x = model->norm(state.x);  // (B, T, D)
+  state.x = torch::Tensor();
+  ForwardOutput out = std::move(state.out);
+  if (state.options.hidden_states) out.hidden_states.push_back(x);
+  if (state.options.logits) out.logits = F::linear(x, lm_head_weight());  // (B, T, V)
   return out;
+}
+
+ForwardOutput TransformerImpl::forward(const torch::Tensor& input_ids, const ForwardOptions& opt) {
+  ForwardState state = begin(input_ids, opt);
+  return finish(state);
 }
 
 }  // namespace kdae::model

@@ -50,6 +50,16 @@ struct ForwardOutput {
   std::vector<torch::Tensor> router_logits; // N x (B*T, E)
 };
 
+// A forward pass in progress, for callers that interleave two models layer by layer (attention KD
+// runs the teacher in lock-step with the student so only one layer's maps exist at a time).
+struct ForwardState {
+  ForwardOptions options;
+  LayerContext ctx;
+  torch::Tensor x;          // (B, T, D) input of layer next_layer
+  int64_t next_layer = 0;
+  ForwardOutput out;        // what the options ask to keep, so far
+};
+
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const ModelConfig& config, int64_t layer);
@@ -108,6 +118,11 @@ class TransformerImpl : public torch::nn::Module {
  public:
   explicit TransformerImpl(ModelConfig config);
   ForwardOutput forward(const torch::Tensor& input_ids, const ForwardOptions& options = {});
+  // forward() in steps: begin embeds, advance runs layers up to (excluding) until_layer, finish runs
+  // the rest, the final norm and the head.
+  ForwardState begin(const torch::Tensor& input_ids, const ForwardOptions& options = {});
+  void advance(ForwardState& state, int64_t until_layer);
+  ForwardOutput finish(ForwardState& state);
   torch::Tensor lm_head_weight() const;  // (V, D): lm_head.weight, or the embeddings when tied
 
   const ModelConfig& config() const { return config_; }

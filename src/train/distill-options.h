@@ -29,11 +29,13 @@ struct DistillOptions {
   bool overwrite = false;
   std::string instruction_key = "[INST]";   // text that opens a user turn (masked)
   std::string response_key = "[/INST]";     // text that ends a user turn; the answer after it is supervised
-  std::string chat_template;                // "" = samples are already formatted strings
+  std::string chat_template;                // template name for messages-style samples; "" = detect from the tokenizer
   int64_t seq_length = 2048;
   bool packing = false;
   std::string truncation = "truncate";      // truncate | drop
   int64_t min_supervised_tokens = 1;
+  bool dedup = false;                       // drop samples whose token sequence repeats an earlier one
+  std::string data_cache_dir;               // tokenized-dataset cache; "" = $KDAE_HOME/datasets, "none" = off
 
   // Optimisation.
   double learning_rate = 2e-5;
@@ -66,6 +68,12 @@ struct DistillOptions {
   std::string hidden_loss = "mse";  // mse | cosine
   std::vector<int64_t> layer_map;   // teacher layer for each student layer; empty = 1:1 or uniform spread
   int64_t kd_chunk_tokens = 0;      // 0 = automatic
+
+  // MoE students.
+  double router_aux_loss_coef = -1;  // load-balancing loss weight; < 0 = the student config's router_aux_loss_coef
+  double router_z_loss_coef = 0.0;
+  bool freeze_routers = false;
+  bool freeze_experts = false;
 
   // LoRA.
   bool use_peft = false;

@@ -1,0 +1,185 @@
+// Dimension legend: B = rows, b = one teacher's rows, T = time, V = vocabulary, H = heads.
+#include "train/distill-step.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/autograd.h>
+
+#include <map>
+
+#include "common/error.h"
+
+namespace kdae::train {
+namespace {
+
+// One teacher's part of a micro-batch while the student's forward drives it.
+struct LiveTeacher {
+  int index = -1;
+  std::vector<int64_t> rows;
+  torch::Tensor rows_on_student;  // (b) int64
+  model::ForwardState state;
+  torch::Tensor last_probs;       // attention probabilities of the last teacher layer run
+  model::ForwardOutput out;
+  const distill::LayerPairs* pairs = nullptr;
+};
+
+std::map<int, std::vector<int64_t>> rows_by_teacher(const StepSetup& s, const data::Batch& batch) {
+  std::map<int, std::vector<int64_t>> groups;
+  auto domains = batch.domain.to(torch::kCPU).contiguous();
+  const auto* d = domains.data_ptr<int64_t>();
+  for (int64_t r = 0; r < domains.numel(); ++r) {
+    const int teacher = d[r] >= 0 && d[r] < static_cast<int64_t>(s.teacher_of_domain.size()) ? s.teacher_of_domain[d[r]] : -1;
+    if (teacher < 0) fail("micro-batch row ", r, " has domain index ", d[r], " with no teacher");
+    groups[teacher].push_back(r);
+  }
+  return groups;
+}
+
+int64_t teacher_layer_for(const distill::LayerPairs& pairs, int64_t student_layer) {
+  for (const auto& [sl, tl] : pairs)
+    if (sl == student_layer) return tl;
+  return -1;
+}
+
+}  // namespace
+
+std::vector<distill::LayerPairs> build_layer_pairs(const std::vector<int64_t>& layer_map,
+                                                   const model::ModelConfig& student, TeacherSet& teachers) {
+  std::vector<distill::LayerPairs> out;
+  for (size_t i = 0; i < teachers.size(); ++i) {
+    const int64_t tl = teachers.at(i).model->config().num_layers;
+    distill::LayerPairs pairs;
+    if (layer_map.empty()) {
+      pairs = distill::uniform_layer_map(student.num_layers, tl);
+    } else {
+      if (static_cast<int64_t>(layer_map.size()) != student.num_layers)
+        fail("config key 'layer_map' lists ", layer_map.size(), " teacher layers but the student has ",
+             student.num_layers, " layers (one entry per student layer)");
+      for (int64_t l = 0; l < student.num_layers; ++l) pairs.emplace_back(l, layer_map[l]);
+    }
+    distill::check_layer_map(pairs, student.num_layers, tl);
+    out.push_back(std::move(pairs));
+  }
+  return out;
+}
+
+StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
+  const auto& batch = mb.batch;
+  const auto dev = s.device;
+  auto ids = batch.input_ids.to(dev);                                    // (B, T)
+  auto positions = batch.position_ids.to(dev);                           // (B, T)
+  auto segments = s.packing ? batch.segment_ids.to(dev) : torch::Tensor();  // (B, T)
+  auto labels = batch.labels.to(dev);                                    // (B, T)
+  auto token_mask = batch.token_mask.to(dev);                            // (B, T)
+  auto query_mask = distill::supervised_mask(labels, token_mask, s.objective.alignment);  // (B, T)
+
+  const bool kd_on = s.objective.lambda > 0;
+  const bool need_attn = kd_on && s.objective.attention_weight > 0;
+  const bool need_hidden = kd_on && s.objective.hidden_weight > 0;
+
+  std::vector<LiveTeacher> live;
+  for (auto& [index, rows] : rows_by_teacher(s, batch)) {
+    LiveTeacher t;
+    t.index = index;
+    t.rows = rows;
+    t.rows_on_student = torch::tensor(rows, torch::kInt64).to(dev);
+    t.pairs = &s.layer_pairs.at(index);
+    live.push_back(std::move(t));
+  }
+  // Teachers start (attention KD: only embed, the student drives them) or run whole.
+  for (auto& t : live) {
+    Teacher& teacher = s.teachers->at(t.index);
+    auto rows_t = torch::tensor(t.rows, torch::kInt64).to(teacher.device);
+    model::ForwardOptions opts;
+    opts.position_ids = positions.to(teacher.device).index_select(0, rows_t);
+    if (segments.defined()) opts.segment_ids = segments.to(teacher.device).index_select(0, rows_t);
+    opts.hidden_states = need_hidden;
+    torch::NoGradGuard no_grad;
+    auto teacher_ids = ids.to(teacher.device).index_select(0, rows_t);  // (b, T)
+    if (need_attn) {
+      LiveTeacher* self = &t;
+      opts.on_attention = [self](int64_t, const torch::Tensor& probs) { self->last_probs = probs; };
+      t.state = teacher.model->begin(teacher_ids, opts);
+    } else {
+      t.out = teacher.model->forward(teacher_ids, opts);
+    }
+  }
+
+  distill::AttentionKL attention;
+  model::ForwardOptions student_opts;
+  student_opts.position_ids = positions;
+  student_opts.segment_ids = segments;
+  student_opts.hidden_states = need_hidden;
+  student_opts.router_logits = s.student->config().is_moe();
+  if (need_attn) {
+    student_opts.on_attention = [&](int64_t layer, const torch::Tensor& probs) {
+      for (auto& t : live) {
+        const int64_t tl = teacher_layer_for(*t.pairs, layer);
+        if (tl < 0) continue;
+        {
+          torch::NoGradGuard no_grad;
+          s.teachers->at(t.index).model->advance(t.state, tl + 1);
+        }
+        auto teacher_probs = t.last_probs.to(dev, torch::kFloat32);  // (b, Ht, T, T)
+        attention.add_layer(probs.index_select(0, t.rows_on_student), teacher_probs,
+                            query_mask.index_select(0, t.rows_on_student));
+      }
+    };
+  }
+  model::ForwardOutput student_out;
+  {
+    ComputeDtypeGuard autocast(dev, s.compute_dtype);
+    student_out = s.student->forward(ids, student_opts);
+  }
+  if (need_attn) {
+    torch::NoGradGuard no_grad;
+    for (auto& t : live) {
+      t.out = s.teachers->at(t.index).model->finish(t.state);
+      t.last_probs = torch::Tensor();
+    }
+  }
+
+  distill::KdBatch kd;
+  kd.student_logits = student_out.logits;
+  kd.labels = labels;
+  kd.token_mask = token_mask;
+  kd.sample_weights = batch.weight.to(dev);
+  kd.attention = attention.total();
+  StepResult result;
+  for (auto& t : live) {
+    const Teacher& teacher = s.teachers->at(t.index);
+    kd.teachers.push_back(distill::TeacherPart{t.rows_on_student, t.out.logits.to(dev),
+                                               s.temperature_override.value_or(teacher.temperature), teacher.weight});
+    result.part_teacher.push_back(t.index);
+    if (need_hidden) {
+      for (size_t p = 0; p < t.pairs->size(); ++p) {
+        const auto [sl, tl] = (*t.pairs)[p];
+        auto student_h = student_out.hidden_states.at(sl + 1).index_select(0, t.rows_on_student);  // (b, T, Ds)
+        auto teacher_h = t.out.hidden_states.at(tl + 1).to(dev, torch::kFloat32);                // (b, T, Dt)
+        kd.hidden.add(s.hidden->layer(static_cast<int64_t>(p), student_h.to(torch::kFloat32), teacher_h,
+                                      query_mask.index_select(0, t.rows_on_student)));
+      }
+    }
+    t.out = model::ForwardOutput();
+  }
+  result.terms = distill::kd_objective(kd, s.objective);
+  for (auto& r : student_out.router_logits) result.router_logits.push_back(r.detach());
+  return result;
+}
+
+ComputeDtypeGuard::ComputeDtypeGuard(torch::Device device, torch::ScalarType dtype) : type_(device.type()) {
+  if (dtype == torch::kFloat32) return;
+  active_ = true;
+  previous_enabled_ = at::autocast::is_autocast_enabled(type_);
+  previous_dtype_ = at::autocast::get_autocast_dtype(type_);
+  at::autocast::set_autocast_dtype(type_, dtype);
+  at::autocast::set_autocast_enabled(type_, true);
+}
+
+ComputeDtypeGuard::~ComputeDtypeGuard() {
+  if (!active_) return;
+  at::autocast::set_autocast_enabled(type_, previous_enabled_);
+  at::autocast::set_autocast_dtype(type_, previous_dtype_);
+  at::autocast::clear_cache();
+}
+
+}  // namespace kdae::train

@@ -1,0 +1,24 @@
+// Evaluation on held-out data: CE, perplexity, KL to the sample's own teacher, attention KL, and for
+// align the KL to the general reference teacher; overall and per domain. Used every eval_steps by the
+// trainer and by `kdae eval`.
+#pragma once
+#include "data/dataset.h"
+#include "train/distill-step.h"
+#include "train/metrics-log.h"
+
+namespace kdae::train {
+
+struct EvalOptions {
+  int64_t batch_size = 8;
+  int64_t seq_length = 2048;
+  int32_t pad_id = 0;
+  bool per_domain = false;        // also report eval/<domain>/... figures
+  bool reference_kl = false;      // also KL to TeacherSet::reference_index() for non-general domains
+};
+
+// Names: eval/loss (the training objective), eval/ce_loss, eval/perplexity, eval/kl (forward KL at
+// temperature 1, token mean), eval/attn_kl (when attention KD is on), eval/tokens; per domain
+// eval/<domain>/{ce_loss, perplexity, kl, kl_reference}. Runs without autograd, student in eval mode.
+Scalars evaluate(StepSetup setup, const data::Dataset& dataset, const EvalOptions& options);
+
+}  // namespace kdae::train

@@ -1,0 +1,442 @@
+#include "train/trainer.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <iostream>
+#include <optional>
+
+#include "common/device.h"
+#include "common/error.h"
+#include "common/files.h"
+#include "common/progress.h"
+#include "common/threads.h"
+#include "data/dataset.h"
+#include "io/hf-model.h"
+#include "io/safetensors.h"
+#include "tokenizer/tokenizer.h"
+#include "train/data-stream.h"
+#include "train/distill-step.h"
+#include "train/evaluate.h"
+#include "train/lr-schedule.h"
+#include "train/optimizer.h"
+#include "train/student.h"
+#include "train/teacher-set.h"
+
+namespace kdae::train {
+namespace fs = std::filesystem;
+
+fs::path dataset_cache_dir(const std::string& option) {
+  if (option == "none") return {};
+  if (!option.empty()) return option;
+  if (const char* home = std::getenv("KDAE_HOME"); home && *home) return fs::path(home) / "datasets";
+  const char* user_home = std::getenv("HOME");
+  return fs::path(user_home ? user_home : ".") / ".cache" / "kdae" / "datasets";
+}
+
+namespace {
+
+distill::KdObjectiveOptions objective_options(const DistillOptions& o, RunKind kind, int64_t true_vocab) {
+  distill::KdObjectiveOptions k;
+  k.lambda = o.lambda_param;
+  k.attention_weight = o.attn_weight;
+  k.hidden_weight = o.hidden_weight;
+  k.alignment = distill::parse_label_alignment(o.label_alignment);
+  auto dashed = o.divergence;
+  for (auto& c : dashed) c = c == '_' ? '-' : c;
+  k.divergence.kind = distill::parse_divergence(dashed);
+  k.divergence.temperature = o.temperature;
+  k.divergence.beta = o.jsd_beta;
+  k.divergence.alpha = o.skew_alpha;
+  k.divergence.normalization = o.loss_normalization == "token" ? distill::Normalization::TokenMean
+                                                                : distill::Normalization::SequenceMean;
+  k.divergence.student_vocab = k.divergence.teacher_vocab = true_vocab;
+  if (o.kd_chunk_tokens > 0) k.divergence.chunk_rows = o.kd_chunk_tokens;
+  (void)kind;
+  return k;
+}
+
+data::DatasetOptions dataset_options(const DistillOptions& o) {
+  data::DatasetOptions d;
+  d.chat_template = o.chat_template;
+  d.instruction_key = o.instruction_key;
+  d.response_key = o.response_key;
+  d.seq_length = o.seq_length;
+  d.truncation = data::parse_truncation(o.truncation);
+  d.min_supervised_tokens = o.min_supervised_tokens;
+  d.dedup = o.dedup;
+  d.cache_dir = dataset_cache_dir(o.data_cache_dir);
+  return d;
+}
+
+int32_t pad_id_of(const tok::Tokenizer& t) {
+  if (t.special().pad) return *t.special().pad;
+  if (t.special().eos) return *t.special().eos;
+  return 0;
+}
+
+// A fresh run must not mix its checkpoints and metrics into an earlier run's.
+void prepare_output_dir(const DistillOptions& o, bool resuming) {
+  const fs::path out = o.output_dir;
+  const fs::path model_dir = out / "model";
+  if (fs::exists(model_dir) && !o.overwrite)
+    fail("output_dir ", out.string(), " already holds a final model (", model_dir.string(),
+         "); set overwrite: true to replace it, or choose another output_dir");
+  if (resuming) return;
+  const bool earlier = find_latest_checkpoint(out).has_value() || fs::exists(out / "metrics.jsonl");
+  if (earlier && !o.overwrite)
+    fail("output_dir ", out.string(), " already holds a run (checkpoints or metrics.jsonl); continue it with "
+         "resume_from_checkpoint: latest, set overwrite: true to start over, or choose another output_dir");
+  if (earlier) {
+    for (const auto& entry : fs::directory_iterator(out)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind("checkpoint-", 0) == 0 || name == "runs") remove_tree(entry.path());
+    }
+    fs::remove(out / "metrics.jsonl");
+  }
+  fs::create_directories(out);
+}
+
+struct Run {
+  const DistillOptions& o;
+  RunKind kind;
+  torch::Device device;
+  std::unique_ptr<tok::Tokenizer> tokenizer;
+  model::Transformer student{nullptr};
+  std::unique_ptr<TeacherSet> teachers;
+  data::Dataset train, eval;
+  bool has_eval = false;
+  StepSetup setup;
+  NamedTensors trainable;  // student parameters + KD-module parameters, by name
+
+  explicit Run(const DistillOptions& options, RunKind k) : o(options), kind(k), device(parse_device(options.device)) {}
+};
+
+void load_data(Run& r) {
+  const auto opts = dataset_options(r.o);
+  r.train = data::load_dataset(r.o.training_data_path, *r.tokenizer, opts);
+  if (!r.o.eval_data_path.empty()) {
+    r.eval = data::load_dataset(r.o.eval_data_path, *r.tokenizer, opts);
+    r.has_eval = true;
+  }
+}
+
+std::vector<bool> usable_samples(const Run& r, const std::vector<int>& teacher_of_domain) {
+  std::vector<bool> usable(r.train.samples.size(), true);
+  std::vector<int64_t> per_domain(r.train.domain_names.size(), 0);
+  for (size_t i = 0; i < r.train.samples.size(); ++i) {
+    const int64_t d = r.train.samples[i].domain;
+    ++per_domain[d];
+    if (teacher_of_domain[d] >= 0) continue;
+    if (r.o.on_missing_domain == "error")
+      fail(r.train.path.string(), ": samples of domain '", r.train.domain_names[d],
+           "' have no teacher (teachers: ", r.teachers->describe(),
+           "); add one under 'teachers', or set on_missing_domain: skip");
+    usable[i] = false;
+  }
+  if (r.kind == RunKind::align) {
+    for (const auto& [domain, spec] : r.o.teachers) {
+      bool found = false;
+      for (size_t d = 0; d < r.train.domain_names.size(); ++d) found = found || (r.train.domain_names[d] == domain && per_domain[d] > 0);
+      if (!found)
+        fail(r.train.path.string(), ": teacher domain '", domain, "' has no training sample (domains present: ",
+             [&] {
+               std::string s;
+               for (size_t d = 0; d < per_domain.size(); ++d)
+                 if (per_domain[d] > 0) s += (s.empty() ? "" : ", ") + r.train.domain_names[d];
+               return s;
+             }(),
+             ")");
+    }
+  }
+  return usable;
+}
+
+void build_setup(Run& r, const std::vector<int>& teacher_of_domain) {
+  auto& s = r.setup;
+  s.student = r.student;
+  s.teachers = r.teachers.get();
+  s.teacher_of_domain = teacher_of_domain;
+  s.objective = objective_options(r.o, r.kind, r.tokenizer->vocab_size());
+  s.layer_pairs = build_layer_pairs(r.o.layer_map, r.student->config(), *r.teachers);
+  s.device = r.device;
+  s.compute_dtype = parse_dtype(r.o.dtype);
+  s.packing = r.o.packing;
+  if (r.o.hidden_weight > 0) {
+    const int64_t teacher_dim = r.teachers->at(0).model->config().hidden_size;
+    for (size_t i = 1; i < r.teachers->size(); ++i)
+      if (r.teachers->at(i).model->config().hidden_size != teacher_dim)
+        fail("hidden_weight > 0 needs teachers of one hidden size; they differ");
+    distill::HiddenLossOptions h;
+    h.kind = distill::parse_hidden_loss(r.o.hidden_loss);
+    h.student_dim = r.student->config().hidden_size;
+    h.teacher_dim = teacher_dim;
+    h.pairs = static_cast<int64_t>(s.layer_pairs.front().size());
+    s.hidden = distill::HiddenLoss(h);
+    s.hidden->to(r.device);
+  }
+  const double config_coef = r.student->config().router_aux_loss_coef;
+  s.router_aux_coef = r.student->config().is_moe() ? (r.o.router_aux_loss_coef >= 0 ? r.o.router_aux_loss_coef : config_coef) : 0.0;
+  s.router_z_coef = r.student->config().is_moe() ? r.o.router_z_loss_coef : 0.0;
+  r.trainable = trainable_parameters(r.student);
+  if (s.hidden && s.hidden->projects())
+    for (const auto& item : s.hidden->named_parameters()) r.trainable.emplace_back("kd_hidden." + item.key(), item.value());
+}
+
+// Sums of one logging window, token-weighted like the loss itself.
+struct Window {
+  double loss = 0, ce = 0, kd = 0, attn = 0, hidden = 0, router = 0;
+  int64_t ce_tokens = 0, kd_tokens = 0, steps = 0, tokens = 0;
+  std::map<int, std::pair<double, int64_t>> per_teacher;  // kd sum, tokens
+  double seconds = 0;
+};
+
+struct StepBatches {
+  std::vector<MicroBatch> micro;
+  int64_t ce_tokens = 0, kd_tokens = 0, tokens = 0;
+};
+
+StepBatches next_step_batches(DataStream& stream, const Run& r) {
+  StepBatches s;
+  const auto alignment = r.setup.objective.alignment;
+  const bool by_sequence = r.setup.objective.divergence.normalization == distill::Normalization::SequenceMean;
+  for (int64_t i = 0; i < r.o.gradient_accumulation_steps; ++i) {
+    MicroBatch mb = stream.next();
+    auto mask = distill::supervised_mask(mb.batch.labels, mb.batch.token_mask, alignment);  // (B, T)
+    s.ce_tokens += mb.batch.labels.ne(-100).sum().item<int64_t>();
+    s.kd_tokens += by_sequence ? mask.any(1).sum().item<int64_t>() : mask.sum().item<int64_t>();
+    s.tokens += mb.batch.segment_ids.ne(0).sum().item<int64_t>();
+    s.micro.push_back(std::move(mb));
+  }
+  return s;
+}
+
+double to_double(const torch::Tensor& t) { return t.defined() ? t.detach().to(torch::kCPU, torch::kFloat64).item<double>() : 0.0; }
+
+// Forward + backward of one optimizer step's micro-batches; each contributes its share of the
+// step's global token means, so the gradient equals one big batch's.
+void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
+  const double lambda = r.o.lambda_param;
+  const bool by_sequence = r.setup.objective.divergence.normalization == distill::Normalization::SequenceMean;
+  for (const auto& mb : batches.micro) {
+    StepResult res = compute_step(r.setup, mb);
+    const auto& t = res.terms;
+    distill::check_finite(t, step);
+    const int64_t kd_n = by_sequence ? distill::supervised_mask(mb.batch.labels, mb.batch.token_mask, r.setup.objective.alignment).any(1).sum().item<int64_t>()
+                                     : t.supervised_tokens;
+    const double f_ce = batches.ce_tokens > 0 ? static_cast<double>(t.ce_tokens) / batches.ce_tokens : 0.0;
+    const double f_kd = batches.kd_tokens > 0 ? static_cast<double>(kd_n) / batches.kd_tokens : 0.0;
+    torch::Tensor loss = t.ce * ((1 - lambda) * f_ce) +
+                         (t.pred_layer_loss + t.attention_loss * r.o.attn_weight + t.hidden_loss * r.o.hidden_weight) *
+                             (lambda * f_kd);
+    if (res.router_loss.defined()) loss = loss + res.router_loss / static_cast<double>(batches.micro.size());
+    if (loss.requires_grad()) loss.backward();
+    w.loss += to_double(loss);
+    w.ce += to_double(t.ce) * t.ce_tokens;
+    w.kd += to_double(t.pred_layer_loss) * t.supervised_tokens;
+    w.attn += to_double(t.attention_loss) * t.supervised_tokens;
+    w.hidden += to_double(t.hidden_loss) * t.supervised_tokens;
+    w.router += to_double(res.router_loss) / static_cast<double>(batches.micro.size());
+    w.ce_tokens += t.ce_tokens;
+    w.kd_tokens += t.supervised_tokens;
+    for (size_t p = 0; p < t.per_teacher.size(); ++p) {
+      auto& slot = w.per_teacher[res.part_teacher[p]];
+      slot.first += t.per_teacher[p].first * t.per_teacher[p].second;
+      slot.second += t.per_teacher[p].second;
+    }
+  }
+  w.tokens += batches.tokens;
+}
+
+Scalars window_scalars(const Run& r, const Window& w, double lr, double grad_norm) {
+  auto mean = [](double sum, int64_t n) { return n > 0 ? sum / static_cast<double>(n) : 0.0; };
+  Scalars s = {{"train/loss", w.loss / std::max<int64_t>(w.steps, 1)},
+               {"train/ce_loss", mean(w.ce, w.ce_tokens)},
+               {"train/kd_loss", mean(w.kd, w.kd_tokens)},
+               {"train/lr", lr},
+               {"train/grad_norm", grad_norm},
+               {"train/tokens_per_second", w.seconds > 0 ? w.tokens / w.seconds : 0.0},
+               {"train/supervised_tokens", static_cast<double>(w.kd_tokens)}};
+  if (r.o.attn_weight > 0) s.emplace_back("train/attn_loss", mean(w.attn, w.kd_tokens));
+  if (r.o.hidden_weight > 0) s.emplace_back("train/hidden_loss", mean(w.hidden, w.kd_tokens));
+  if (r.setup.router_aux_coef > 0 || r.setup.router_z_coef > 0) s.emplace_back("train/router_loss", w.router / std::max<int64_t>(w.steps, 1));
+  if (r.kind == RunKind::align)
+    for (const auto& [teacher, sum] : w.per_teacher)
+      s.emplace_back("train/" + r.teachers->at(teacher).name + "/kd_loss", mean(sum.first, sum.second));
+  return s;
+}
+
+NamedTensors checkpoint_model_tensors(const Run& r) {
+  NamedTensors out;
+  for (const auto& [name, t] : r.trainable) out.emplace_back(name, t.detach());
+  return out;
+}
+
+void restore_trainable(Run& r, const fs::path& dir) {
+  io::CheckpointReader reader(dir);
+  torch::NoGradGuard no_grad;
+  for (auto& [name, param] : r.trainable) {
+    if (!reader.has(name))
+      fail("checkpoint ", dir.string(), " has no tensor '", name,
+           "': it was written by a run with other trainable parameters (LoRA / freeze settings)");
+    auto saved = reader.get(name);
+    if (saved.sizes() != param.sizes())
+      fail("checkpoint ", dir.string(), ": tensor '", name, "' has shape ", saved.sizes(), ", the run expects ",
+           param.sizes());
+    param.copy_(saved);
+  }
+}
+
+}  // namespace
+
+Scalars evaluate_student(const DistillOptions& o, RunKind kind) {
+  if (o.threads > 0) set_threads(static_cast<int>(o.threads));
+  if (o.eval_data_path.empty()) fail("kdae eval needs evaluation data (--data or eval_data_path)");
+  Run r(o, kind);
+  r.tokenizer = tok::Tokenizer::load(o.base_model_path);
+  r.student = io::load_model(o.base_model_path, {r.device, torch::kFloat32});
+  r.teachers = std::make_unique<TeacherSet>(o, kind, *r.tokenizer, r.student->config());
+  r.eval = data::load_dataset(o.eval_data_path, *r.tokenizer, dataset_options(o));
+  build_setup(r, r.teachers->assign(r.eval.domain_names));
+  EvalOptions eval_opts{o.eval_batch_size, o.seq_length, pad_id_of(*r.tokenizer), kind == RunKind::align,
+                        kind == RunKind::align};
+  return evaluate(r.setup, r.eval, eval_opts);
+}
+
+TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::string& config_hash) {
+  if (o.threads > 0) set_threads(static_cast<int>(o.threads));
+  const bool resuming = !o.resume_from_checkpoint.empty();
+  prepare_output_dir(o, resuming);
+  torch::manual_seed(static_cast<uint64_t>(o.random_seed));
+
+  Run r(o, kind);
+  r.tokenizer = tok::Tokenizer::load(o.base_model_path);
+  r.student = load_student(o, r.device);
+  r.teachers = std::make_unique<TeacherSet>(o, kind, *r.tokenizer, r.student->config());
+  load_data(r);
+  const auto teacher_of_domain = r.teachers->assign(r.train.domain_names);
+  const auto usable = usable_samples(r, teacher_of_domain);
+  build_setup(r, teacher_of_domain);
+
+  DataStreamOptions stream_opts;
+  stream_opts.batch_size = o.train_batch_size;
+  stream_opts.seq_length = o.seq_length;
+  stream_opts.packing = o.packing;
+  stream_opts.seed = static_cast<uint64_t>(o.random_seed);
+  stream_opts.pad_id = pad_id_of(*r.tokenizer);
+  if (kind == RunKind::align) {
+    for (const auto& s : r.train.samples) stream_opts.in_domain.push_back(r.train.domain_names[s.domain] != "general");
+    stream_opts.domain_fraction = o.domain_fraction;
+  }
+  DataStream stream(r.train, usable, stream_opts);
+
+  const int64_t steps_per_epoch =
+      std::max<int64_t>(1, (stream.micro_batches_per_epoch() + o.gradient_accumulation_steps - 1) / o.gradient_accumulation_steps);
+  const int64_t total_steps =
+      o.max_steps > 0 ? o.max_steps : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(o.num_train_epochs * steps_per_epoch)));
+  LrSchedule schedule(parse_lr_schedule(o.lr_scheduler), o.learning_rate, total_steps,
+                      resolve_warmup_steps(o.warmup_steps, o.warmup_ratio, total_steps));
+  AdamWOptions adam{o.adam_beta1, o.adam_beta2, o.adam_epsilon, o.weight_decay};
+  AdamW optimizer(r.trainable, adam);
+  std::vector<torch::Tensor> params;
+  for (const auto& [name, p] : r.trainable) params.push_back(p);
+
+  int64_t step = 0;
+  std::optional<int64_t> resume_step;
+  if (resuming) {
+    fs::path dir = o.resume_from_checkpoint;
+    if (o.resume_from_checkpoint == "latest") {
+      auto latest = find_latest_checkpoint(o.output_dir);
+      if (!latest) fail("resume_from_checkpoint: latest, but ", o.output_dir, " holds no checkpoint-<step> directory");
+      dir = *latest;
+    }
+    LoadedCheckpoint ckpt = load_checkpoint(dir);
+    if (ckpt.state.config_hash != config_hash)
+      fail("checkpoint ", dir.string(), " was written with different training settings (config hash ",
+           ckpt.state.config_hash, ", now ", config_hash, "); resume with the same config, or start a fresh run");
+    restore_trainable(r, dir);
+    if (!ckpt.optimizer.empty()) optimizer.load_state(ckpt.optimizer);
+    restore_rng_states(ckpt.state);
+    stream.seek(ckpt.state.sampler);
+    step = ckpt.state.step;
+    resume_step = step;
+    std::cerr << "resuming from " << dir.string() << " at step " << step << "\n";
+  }
+
+  const int64_t save_every = o.save_steps > 0 ? o.save_steps
+                             : o.save_fraction_of_epoch > 0
+                                 ? std::max<int64_t>(1, std::llround(o.save_fraction_of_epoch * steps_per_epoch))
+                                 : 0;
+  const int64_t eval_every = !r.has_eval ? 0 : o.eval_steps > 0 ? o.eval_steps : steps_per_epoch;
+  EvalOptions eval_opts{o.eval_batch_size, o.seq_length, stream_opts.pad_id, kind == RunKind::align, kind == RunKind::align};
+
+  std::cerr << "kdae " << (kind == RunKind::align ? "align" : "distill") << ": " << r.train.samples.size()
+            << " training samples" << (r.train.from_cache ? " (tokenized cache)" : "") << ", "
+            << steps_per_epoch << " steps per epoch, " << total_steps << " steps; " << r.trainable.size()
+            << " trainable tensors; " << r.teachers->describe() << "\n";
+  if (kind == RunKind::align && stream_opts.domain_fraction > 0)
+    std::cerr << "domain share of supervised tokens: " << stream.realised_domain_fraction() << " (asked "
+              << o.domain_fraction << ")\n";
+
+  MetricsLog log(o.output_dir, true, resume_step);
+  Progress bar({.label = kind == RunKind::align ? "align" : "distill", .total = total_steps, .rate_unit = "tok"});
+  bar.set_step(step);
+  TrainSummary summary;
+  nlohmann::json tail = nlohmann::json::array();
+  Window window;
+  auto save = [&] {
+    TrainerState state;
+    state.step = step;
+    state.epoch = stream.epoch_progress();
+    state.sampler = stream.position();
+    state.scheduler_step = step;
+    state.config_hash = config_hash;
+    state.metrics_tail = tail;
+    capture_rng_states(state);
+    NamedTensors model_tensors = checkpoint_model_tensors(r);
+    NamedTensors opt_state = optimizer.state();
+    save_checkpoint(o.output_dir, {&model_tensors, &opt_state, state}, static_cast<int>(o.save_total_limit));
+  };
+  int64_t last_saved = resuming ? step : -1;
+  while (step < total_steps) {
+    const auto started = std::chrono::steady_clock::now();
+    StepBatches batches = next_step_batches(stream, r);
+    accumulate(r, batches, step, window);
+    torch::Tensor grad_norm = clip_grad_norm(params, o.max_grad_norm);
+    const double lr = schedule.lr_at(step);
+    optimizer.step(lr);
+    optimizer.zero_grad();
+    ++step;
+    ++window.steps;
+    window.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    bar.advance(1, batches.tokens);
+    if (step % o.logging_steps == 0 || step == total_steps) {
+      Scalars scalars = window_scalars(r, window, lr, grad_norm.item<double>());
+      log.log(step, stream.epoch_progress(), scalars);
+      nlohmann::json entry = {{"step", step}};
+      for (const auto& [k, v] : scalars) entry[k] = v;
+      tail.push_back(entry);
+      if (tail.size() > 5) tail.erase(tail.begin());
+      bar.set("loss", scalars[0].second);
+      bar.set("lr", lr);
+      window = Window();
+    }
+    if (eval_every > 0 && (step % eval_every == 0 || step == total_steps)) {
+      summary.last_eval = evaluate(r.setup, r.eval, eval_opts);
+      log.log(step, stream.epoch_progress(), summary.last_eval);
+    }
+    if ((save_every > 0 && step % save_every == 0) || step == total_steps) {
+      save();
+      last_saved = step;
+    }
+  }
+  if (last_saved != step) save();
+  bar.finish();
+  log.close();
+  summary.steps = step;
+  summary.model_dir = fs::path(o.output_dir) / "model";
+  save_final_model(r.student, o, summary.model_dir);
+  std::cerr << "final model: " << summary.model_dir.string() << "\n";
+  return summary;
+}
+
+}  // namespace kdae::train
