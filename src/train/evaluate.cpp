@@ -30,7 +30,9 @@ Totals run_domain(StepSetup& setup, const data::Dataset& ds, const std::vector<b
   stream_opts.seq_length = o.seq_length;
   stream_opts.shuffle = false;
   stream_opts.pad_id = o.pad_id;
+  stream_opts.packing = o.packing;
   DataStream stream(ds, usable, stream_opts);
+  setup.packing = o.packing;
   Totals totals;
   for (int64_t i = 0; i < stream.micro_batches_per_epoch(); ++i) totals.add(compute_step(setup, stream.next()));
   return totals;

@@ -14,9 +14,10 @@ struct EvalOptions {
   int32_t pad_id = 0;
   bool per_domain = false;        // also report eval/<domain>/... figures
   bool reference_kl = false;      // also KL to TeacherSet::reference_index() for non-general domains
+  bool packing = false;           // pack rows as training does (the figures must not change)
 };
 
-// Names: eval/loss (the training objective), eval/ce_loss, eval/perplexity, eval/kl (forward KL at
+// Names: eval/loss (the objective with forward KL at temperature 1), eval/ce_loss, eval/perplexity, eval/kl (forward KL at
 // temperature 1, token mean), eval/attn_kl (when attention KD is on), eval/tokens; per domain
 // eval/<domain>/{ce_loss, perplexity, kl, kl_reference}. Runs without autograd, student in eval mode.
 Scalars evaluate(StepSetup setup, const data::Dataset& dataset, const EvalOptions& options);

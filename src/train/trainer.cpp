@@ -298,7 +298,7 @@ Scalars evaluate_student(const DistillOptions& o, RunKind kind) {
   r.eval = data::load_dataset(o.eval_data_path, *r.tokenizer, dataset_options(o));
   build_setup(r, r.teachers->assign(r.eval.domain_names));
   EvalOptions eval_opts{o.eval_batch_size, o.seq_length, pad_id_of(*r.tokenizer), kind == RunKind::align,
-                        kind == RunKind::align};
+                        kind == RunKind::align, o.packing};
   return evaluate(r.setup, r.eval, eval_opts);
 }
 
@@ -367,7 +367,8 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
                                  ? std::max<int64_t>(1, std::llround(o.save_fraction_of_epoch * steps_per_epoch))
                                  : 0;
   const int64_t eval_every = !r.has_eval ? 0 : o.eval_steps > 0 ? o.eval_steps : steps_per_epoch;
-  EvalOptions eval_opts{o.eval_batch_size, o.seq_length, stream_opts.pad_id, kind == RunKind::align, kind == RunKind::align};
+  EvalOptions eval_opts{o.eval_batch_size, o.seq_length, stream_opts.pad_id, kind == RunKind::align,
+                        kind == RunKind::align, o.packing};
 
   std::cerr << "kdae " << (kind == RunKind::align ? "align" : "distill") << ": " << r.train.samples.size()
             << " training samples" << (r.train.from_cache ? " (tokenized cache)" : "") << ", "
