@@ -81,6 +81,8 @@ void validate_distill_options(DistillOptions& o, RunKind kind) {
       fail("config keys 'teachers' and 'domain_model_path' belong to kdae align, not kdae distill");
     return;
   }
+  check(o.domain_fraction > 0 && o.domain_fraction < 1, "domain_fraction", "in (0, 1) for kdae align",
+        o.domain_fraction);
   if (o.teachers.empty()) {
     required("target_model_path (the general reference teacher) or teachers", o.target_model_path);
     required("domain_model_path (the domain expert) or teachers", o.domain_model_path);

@@ -145,3 +145,29 @@ def run(*args, check=True, **kw):
 
 def metrics(output_dir):
     return [json.loads(l) for l in (pathlib.Path(output_dir) / "metrics.jsonl").read_text().splitlines() if l]
+
+
+def make_domain_world(root: pathlib.Path, n_train=96, n_domain=48, n_eval=24, answer_len=16):
+    """A general teacher and a domain expert (another random teacher) over the same tokenizer; general
+    samples answered by the general teacher, domain samples (their own vocabulary of prompt words,
+    "domain": 1) answered by the expert."""
+    done = root / "domain-world.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    world = make_world(root, n_train=n_train, n_eval=n_eval, answer_len=answer_len)
+    expert = make_model(root / "expert", seed=5, hidden=64, layers=2, heads=4, kv_heads=2, sharpen=12.0)
+    rng = random.Random(6)
+    words = ["price", "cart", "order", "refund", "shoe", "phone", "size", "ship", "deal", "brand"]
+    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 4))) for _ in range(n_domain + n_eval)]
+    answers = sample_answers(expert, prompts, answer_len, seed=7)
+    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}], "domain": 1}
+            for p, a in zip(prompts, answers)]
+    general = [json.loads(l) for l in pathlib.Path(world["train.jsonl"]).read_text().splitlines()]
+    mixed = general + rows[:n_domain]
+    random.Random(8).shuffle(mixed)
+    (root / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))
+    (root / "domain-eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[n_domain:]))
+    world.update({"expert": str(root / "expert"), "mixed.jsonl": str(root / "mixed.jsonl"),
+                  "domain-eval.jsonl": str(root / "domain-eval.jsonl")})
+    done.write_text(json.dumps(world))
+    return world
