@@ -16,5 +16,6 @@ Command forward_command();
 Command generate_command();
 Command convert_command();
 Command tokenize_command();
+Command upcycle_command();
 
 }  // namespace kdae::cli

@@ -85,6 +85,12 @@ Args parse_args(const Command& command, const std::vector<std::string>& argv) {
       value = argv[++i];
     }
     auto& slot = args.values_[name];
+    if (option->multi && !inline_value) {
+      if (!slot.empty()) usage_fail("--", name, " given twice");
+      slot.push_back(value);
+      while (i + 1 < argv.size() && argv[i + 1].rfind("--", 0) != 0) slot.push_back(argv[++i]);
+      continue;
+    }
     if (!slot.empty() && !option->repeatable) usage_fail("--", name, " given twice");
     slot.push_back(value);
   }
@@ -113,6 +119,7 @@ std::string help_text(const Command& command) {
     if (option.required) out << " (required)";
     if (!option.default_value.empty()) out << " [default: " << option.default_value << "]";
     if (option.repeatable) out << " (repeatable)";
+    if (option.multi) out << " (one or more)";
     out << "\n";
   }
   out << "  --help" << std::string(width > 4 ? width - 4 : 2, ' ') << "show this help\n";

@@ -16,6 +16,7 @@ struct Option {
   std::string default_value;  // shown in --help and returned when the flag is absent; "" = none
   bool repeatable = false;    // may be given several times (e.g. --set k=v --set k2=v2)
   bool required = false;
+  bool multi = false;         // takes one or more values: --experts A B C (up to the next --option)
 };
 
 class Args {

@@ -76,16 +76,23 @@ std::vector<std::pair<std::string, torch::Tensor>> checkpoint_tensors(model::Tra
 }
 
 void save_model(model::Transformer& model, const fs::path& dir, const SaveOptions& options) {
+  NamedTensors tensors;
+  for (auto& [name, tensor] : checkpoint_tensors(model)) tensors.emplace_back(name, tensor.detach());
+  save_model_files(model->config(), tensors, dir, options);
+}
+
+void save_model_files(const model::ModelConfig& model_config, const NamedTensors& model_tensors, const fs::path& dir,
+                      const SaveOptions& options) {
   if (fs::exists(dir) && !options.overwrite) fail(dir.string(), ": already exists (pass --overwrite to replace it)");
   const fs::path staging = staging_path_for(dir);
   remove_tree(staging);
   fs::create_directories(staging);
   try {
-    model::ModelConfig config = model->config();
+    model::ModelConfig config = model_config;
     config.torch_dtype = dtype_name(options.dtype);
     write_file_atomic(staging / "config.json", model::config_to_hf_json(config).dump(2) + "\n");
     NamedTensors tensors;
-    for (auto& [name, tensor] : checkpoint_tensors(model)) tensors.emplace_back(name, tensor.detach().to(options.dtype));
+    for (auto& [name, tensor] : model_tensors) tensors.emplace_back(name, tensor.to(options.dtype));
     write_checkpoint(staging, tensors, options.max_shard_bytes);
     if (!options.copy_tokenizer_from.empty()) {
       for (const char* file : kPassThroughFiles) {

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 
+#include "io/safetensors.h"
 #include "model/transformer.h"
 
 namespace kdae::io {
@@ -26,6 +27,11 @@ struct SaveOptions {
 
 // Writes into a staging directory and renames it into place: an earlier output is never half-replaced.
 void save_model(model::Transformer& model, const std::filesystem::path& dir, const SaveOptions& options = {});
+
+// The same for a model that exists only as named tensors (upcycling assembles memory-mapped donor
+// tensors without building the model): config.json from `config`, tensors converted to options.dtype.
+void save_model_files(const model::ModelConfig& config, const NamedTensors& tensors, const std::filesystem::path& dir,
+                      const SaveOptions& options = {});
 
 // The tensors save_model writes, in checkpoint order (LoRA adapters merged names excluded).
 std::vector<std::pair<std::string, torch::Tensor>> checkpoint_tensors(model::Transformer& model);

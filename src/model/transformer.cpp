@@ -29,9 +29,10 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const LayerContext& ctx, torch::Tensor* probs,
-                                        torch::Tensor* router) {
+                                        torch::Tensor* router, torch::Tensor* mlp_input) {
   torch::Tensor h = x + self_attn(input_layernorm(x), ctx, probs);  // (B, T, D)
   torch::Tensor normed = post_attention_layernorm(h);               // (B, T, D)
+  if (mlp_input) *mlp_input = normed;
   return h + (moe ? moe(normed, router) : mlp(normed));             // (B, T, D)
 }
 
@@ -131,7 +132,7 @@ void TransformerImpl::advance(ForwardState& state, int64_t until_layer) {
   const ForwardOptions& opt = state.options;
   const bool keep_probs = opt.attentions || static_cast<bool>(opt.on_attention);
   const bool checkpoint = gradient_checkpointing && is_training() && torch::GradMode::is_enabled() && !keep_probs &&
-                          !opt.router_logits && !opt.cache;
+                          !opt.router_logits && !opt.mlp_inputs && !opt.cache;
   until_layer = std::min(until_layer, config_.num_layers);
   for (int64_t& l = state.next_layer; l < until_layer; ++l) {
     if (opt.hidden_states) state.out.hidden_states.push_back(state.x);
@@ -142,11 +143,13 @@ void TransformerImpl::advance(ForwardState& state, int64_t until_layer) {
       state.x = CheckpointedLayer::apply(state.x, layer, layer_ctx);
       continue;
     }
-    torch::Tensor probs, router;
-    state.x = layer->forward(state.x, layer_ctx, keep_probs ? &probs : nullptr, opt.router_logits ? &router : nullptr);
+    torch::Tensor probs, router, mlp_input;
+    state.x = layer->forward(state.x, layer_ctx, keep_probs ? &probs : nullptr, opt.router_logits ? &router : nullptr,
+                             opt.mlp_inputs ? &mlp_input : nullptr);
     if (opt.on_attention) opt.on_attention(l, probs);
     if (opt.attentions) state.out.attentions.push_back(probs);
     if (opt.router_logits && router.defined()) state.out.router_logits.push_back(router);
+    if (opt.mlp_inputs) state.out.mlp_inputs.push_back(mlp_input);
   }
 }
 

@@ -28,6 +28,7 @@ struct ForwardOptions {
   bool attentions = false;     // keep per-layer attention probabilities (eager path)
   bool hidden_states = false;  // keep N + 1 hidden states (embeddings, each layer, final norm)
   bool router_logits = false;  // keep per-layer router logits (MoE)
+  bool mlp_inputs = false;     // keep per-layer MLP/MoE inputs (post_attention_layernorm outputs)
   bool logits = true;          // false: skip the LM head (callers that only need hidden states)
   KVCache* cache = nullptr;
   // Called per layer with its attention probabilities (B, H, T, S) instead of keeping them all:
@@ -48,6 +49,7 @@ struct ForwardOutput {
   std::vector<torch::Tensor> attentions;    // N x (B, H, T, S)
   std::vector<torch::Tensor> hidden_states; // (N + 1) x (B, T, D)
   std::vector<torch::Tensor> router_logits; // N x (B*T, E)
+  std::vector<torch::Tensor> mlp_inputs;    // N x (B, T, D)
 };
 
 // A forward pass in progress, for callers that interleave two models layer by layer (attention KD
@@ -96,7 +98,8 @@ TORCH_MODULE(SparseMoe);
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& config, int64_t layer);
-  torch::Tensor forward(const torch::Tensor& x, const LayerContext& ctx, torch::Tensor* probs, torch::Tensor* router);
+  torch::Tensor forward(const torch::Tensor& x, const LayerContext& ctx, torch::Tensor* probs, torch::Tensor* router,
+                        torch::Tensor* mlp_input = nullptr);
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
   SparseMoe moe{nullptr};
