@@ -7,6 +7,7 @@
 #include <map>
 
 #include "common/error.h"
+#include "distill/router-loss.h"
 
 namespace kdae::train {
 namespace {
@@ -162,7 +163,19 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
     t.out = model::ForwardOutput();
   }
   result.terms = distill::kd_objective(kd, s.objective);
-  for (auto& r : student_out.router_logits) result.router_logits.push_back(r.detach());
+  if (!student_out.router_logits.empty()) {
+    const auto& config = s.student->config();
+    auto real_tokens = batch.segment_ids.ne(0).reshape({-1}).to(dev);  // (B*T): padding routes nowhere
+    if (s.router_aux_coef > 0)
+      result.router_loss = distill::load_balancing_loss(student_out.router_logits, config.num_experts,
+                                                        config.experts_per_token, real_tokens) * s.router_aux_coef;
+    if (s.router_z_coef > 0) {
+      auto z = distill::router_z_loss(student_out.router_logits, real_tokens) * s.router_z_coef;
+      result.router_loss = result.router_loss.defined() ? result.router_loss + z : z;
+    }
+    for (auto& r : student_out.router_logits) result.router_logits.push_back(r.detach());
+    result.router_token_mask = real_tokens;
+  }
   return result;
 }
 

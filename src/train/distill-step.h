@@ -38,6 +38,7 @@ struct StepResult {
   distill::KdTerms terms;
   torch::Tensor router_loss;  // () aux + z terms, already weighted; undefined for dense students
   std::vector<torch::Tensor> router_logits;  // per MoE layer, detached (for load statistics)
+  torch::Tensor router_token_mask;           // (B*T) bool: rows of router_logits that are real tokens
   std::vector<int> part_teacher;             // teacher index of each terms.per_teacher entry
 };
 

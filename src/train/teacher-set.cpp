@@ -98,7 +98,7 @@ std::string TeacherSet::describe() const {
     const auto& t = teachers_[i];
     s << (i ? "; " : "") << "teacher " << (t.name == "*" ? std::string("(all samples)") : t.name) << " = " << t.path
       << " on " << t.device.str() << " (" << dtype_name(t.model->parameters().front().scalar_type())
-      << ", all teachers resident, inference mode)";
+      << ", all teachers resident, no autograd)";
   }
   return s.str();
 }

@@ -11,6 +11,7 @@
 #include "common/progress.h"
 #include "common/threads.h"
 #include "data/dataset.h"
+#include "distill/router-loss.h"
 #include "io/hf-model.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
@@ -188,7 +189,24 @@ struct Window {
   int64_t ce_tokens = 0, kd_tokens = 0, steps = 0, tokens = 0;
   std::map<int, std::pair<double, int64_t>> per_teacher;  // kd sum, tokens
   double seconds = 0;
+  Scalars router_stats;  // MoE load figures of the window's last micro-batch
 };
+
+// Per MoE layer: the least-loaded expert's share of assignments (0 = collapsed) and the router entropy.
+Scalars router_figures(const StepResult& res, int64_t top_k) {
+  Scalars out;
+  if (res.router_logits.empty()) return out;
+  const auto stats = distill::router_stats(res.router_logits, top_k, res.router_token_mask);
+  double min_load = 1.0;
+  for (size_t l = 0; l < stats.min_load.size(); ++l) {
+    out.emplace_back("moe/layer_" + std::to_string(l) + "/min_load", stats.min_load[l]);
+    out.emplace_back("moe/layer_" + std::to_string(l) + "/entropy", stats.entropy[l]);
+    min_load = std::min(min_load, stats.min_load[l]);
+  }
+  out.emplace_back("moe/min_load", min_load);
+  out.emplace_back("moe/dropped_fraction", stats.dropped_fraction);
+  return out;
+}
 
 struct StepBatches {
   std::vector<MicroBatch> micro;
@@ -243,6 +261,7 @@ void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
       slot.first += t.per_teacher[p].first * t.per_teacher[p].second;
       slot.second += t.per_teacher[p].second;
     }
+    if (!res.router_logits.empty()) w.router_stats = router_figures(res, r.student->config().experts_per_token);
   }
   w.tokens += batches.tokens;
 }
@@ -262,6 +281,7 @@ Scalars window_scalars(const Run& r, const Window& w, double lr, double grad_nor
   if (r.kind == RunKind::align)
     for (const auto& [teacher, sum] : w.per_teacher)
       s.emplace_back("train/" + r.teachers->at(teacher).name + "/kd_loss", mean(sum.first, sum.second));
+  s.insert(s.end(), w.router_stats.begin(), w.router_stats.end());
   return s;
 }
 

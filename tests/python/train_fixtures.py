@@ -171,3 +171,39 @@ def make_domain_world(root: pathlib.Path, n_train=96, n_domain=48, n_eval=24, an
                   "domain-eval.jsonl": str(root / "domain-eval.jsonl")})
     done.write_text(json.dumps(world))
     return world
+
+
+def make_moe_model(d: pathlib.Path, seed: int, hidden: int, layers: int, experts: int, top_k: int, sharpen=1.0):
+    from transformers import MixtralConfig, MixtralForCausalLM
+    vocab = write_tokenizer(d)
+    torch.manual_seed(seed)
+    cfg = MixtralConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6,
+                        num_local_experts=experts, num_experts_per_tok=top_k, router_aux_loss_coef=0.02,
+                        tie_word_embeddings=False, eos_token_id=SPECIALS.index("<|im_end|>"), pad_token_id=0,
+                        bos_token_id=None, sliding_window=None, attn_implementation="eager")
+    model = MixtralForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)
+    model.save_pretrained(d, safe_serialization=True)
+    return model
+
+
+def make_moe_world(root: pathlib.Path, n_train=96, n_eval=24, answer_len=16):
+    """A 4-expert top-2 teacher, a fresh 2-expert top-1 student, answers sampled from the teacher."""
+    done = root / "moe-world.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    teacher = make_moe_model(root / "teacher", seed=11, hidden=64, layers=2, experts=4, top_k=2, sharpen=12.0)
+    make_moe_model(root / "student", seed=12, hidden=32, layers=2, experts=2, top_k=1)
+    rng = random.Random(13)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "zeta"]
+    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 4))) for _ in range(n_train + n_eval)]
+    answers = sample_answers(teacher, prompts, answer_len, seed=14)
+    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
+            for p, a in zip(prompts, answers)]
+    for name, part in (("train.jsonl", rows[:n_train]), ("eval.jsonl", rows[n_train:])):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    world = {k: str(root / k) for k in ("teacher", "student", "train.jsonl", "eval.jsonl")}
+    done.write_text(json.dumps(world))
+    return world
