@@ -14,6 +14,7 @@ const std::vector<Command>& all_commands() {
       convert_command(),
       tokenize_command(),
       upcycle_command(),
+      teacher_cache_command(),
   };
   return commands;
 }

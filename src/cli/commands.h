@@ -17,5 +17,6 @@ Command generate_command();
 Command convert_command();
 Command tokenize_command();
 Command upcycle_command();
+Command teacher_cache_command();
 
 }  // namespace kdae::cli

@@ -45,8 +45,8 @@ struct SparseDivergenceOptions {
 };
 
 // True when the rows at capture temperature rows.temperature can be moved to tau exactly:
-// tau == tau_c, or every row's tail is 0 (k = V).
-bool temperature_rescale_is_exact(const SparseTeacherRows& rows, double tau);
+// tau == tau_c, or k = V (no token outside the stored ids).
+bool temperature_rescale_is_exact(const SparseTeacherRows& rows, double tau, int64_t vocab);
 
 // The rows moved to temperature tau (see the header comment); the same rows when tau == tau_c.
 SparseTeacherRows rescale_temperature(const SparseTeacherRows& rows, double tau, int64_t vocab);

@@ -16,6 +16,13 @@
 #include "distill/sparse-divergence.h"
 #include "io/teacher-cache-format.h"
 
+namespace kdae::data {
+struct Dataset;
+}
+namespace kdae::tok {
+class Tokenizer;
+}
+
 namespace kdae::train {
 
 // What the run that reads the cache uses; every field must equal the cache's.
@@ -26,6 +33,11 @@ struct TeacherCacheKey {
   int64_t seq_length = 0;
   int64_t vocab = 0;                  // true vocabulary size
 };
+
+// The key of a run reading (or kdae teacher-cache writing) data loaded by data::load_dataset with this
+// tokenizer and chat_template option ("" or "auto" = detected from the tokenizer, like the loader).
+TeacherCacheKey cache_key_for(const tok::Tokenizer& tokenizer, const data::Dataset& dataset,
+                              const std::string& chat_template, int64_t seq_length);
 
 class TeacherCache {
  public:
