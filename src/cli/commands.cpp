@@ -13,6 +13,7 @@ const std::vector<Command>& all_commands() {
       generate_command(),
       convert_command(),
       tokenize_command(),
+      data_command(),
       upcycle_command(),
       teacher_cache_command(),
   };

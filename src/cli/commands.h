@@ -16,6 +16,7 @@ Command forward_command();
 Command generate_command();
 Command convert_command();
 Command tokenize_command();
+Command data_command();
 Command upcycle_command();
 Command teacher_cache_command();
 

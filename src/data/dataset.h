@@ -29,6 +29,10 @@ struct DatasetOptions {
   int64_t min_supervised_tokens = 1;        // fewer supervised tokens (after truncation) = skipped
   bool dedup = false;                       // drop exact duplicate token sequences (first kept)
   std::filesystem::path cache_dir;          // tokenized-dataset cache; empty = none
+  // Per-sample content problems (invalid UTF-8, empty answer, conversation ending with a user turn,
+  // missing reference markers, roles the template cannot express): counted in stats.skipped when
+  // true, a "FILE:LINE: ..." error when false. Structural problems (bad JSON, types) are always errors.
+  bool skip_invalid = true;
 };
 
 struct DatasetStats {
@@ -50,6 +54,9 @@ struct Dataset {
   DatasetStats stats;
   std::string fingerprint;  // hex hash of file bytes + tokenizer + template + options (the cache key)
   bool from_cache = false;
+  std::vector<int64_t> sample_lines;  // 1-based source line of each kept sample
+  std::string chat_template;          // template name used for conversations; "" = none was needed/found
+  std::vector<std::string> warnings;  // e.g. an invalid cache file that was rebuilt (also printed to stderr)
 };
 
 // Reads, renders, tokenizes and filters. Uses and fills the cache when options.cache_dir is set.

@@ -19,10 +19,11 @@ std::vector<uint8_t> supervised_mask(const tok::Encoding& encoding, const std::v
   return mask;
 }
 
-std::optional<std::vector<Span>> reference_spans(std::string_view text, std::string* skip_reason) {
-  static constexpr std::string_view open = "[INST]", close = "[/INST]";
+std::optional<std::vector<Span>> reference_spans(std::string_view text, std::string* skip_reason,
+                                                 std::string_view open, std::string_view close) {
   if (text.find(open) == std::string_view::npos || text.find(close) == std::string_view::npos) {
-    if (skip_reason) *skip_reason = text.find(open) == std::string_view::npos ? "no [INST] marker" : "no [/INST] marker";
+    const std::string_view missing = text.find(open) == std::string_view::npos ? open : close;
+    if (skip_reason) *skip_reason = "no " + std::string(missing) + " marker";
     return std::nullopt;
   }
   std::vector<Span> spans;

@@ -23,7 +23,9 @@ std::vector<uint8_t> supervised_mask(const tok::Encoding& encoding, const std::v
 // The supervised spans run from the end of each "[/INST]" to the next "[INST]" (or the end of the
 // text); a trailing "[INST]" turn with no "[/INST]" stays masked to the end. A text missing either
 // marker yields nullopt and *skip_reason says why (the caller counts and reports the skip).
-std::optional<std::vector<Span>> reference_spans(std::string_view text, std::string* skip_reason);
+// The markers are configurable (DatasetOptions::instruction_key / response_key).
+std::optional<std::vector<Span>> reference_spans(std::string_view text, std::string* skip_reason,
+                                                 std::string_view open = "[INST]", std::string_view close = "[/INST]");
 
 // Tokenizes rendered text (no added special tokens: templates write BOS themselves) and marks
 // the supervised tokens by the rule above.

@@ -2,6 +2,7 @@
 // on torch's RNG or on anything consumed before, so a resumed run at (epoch e, index k) continues with
 // exactly the samples an uninterrupted run would have seen. Torch-free.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
