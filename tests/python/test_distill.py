@@ -59,7 +59,7 @@ def reference_terms(student, teacher, data, tau, attn_pairs):
             term = torch.where(a_t > 0, a_t * (a_t.clamp_min(1e-30).log() - a_s.clamp_min(1e-12).log()), 0.0)
             attn += term.sum().item()
             rows += a_s.shape[0] * len(pos)
-    return ce / tokens, kl / tokens, attn / rows
+    return ce / tokens, kl / tokens, (attn / rows if rows else 0.0)
 
 
 def test_logged_loss_equals_paper_formula(world, tmp_path):
