@@ -320,6 +320,10 @@ TEST(Sampler, EpochOrderIsASeededDeterministicPermutation) {
   EXPECT_EQ(epoch_order(1000, 42, 3, /*shuffle=*/false), identity);
   EXPECT_TRUE(epoch_order(0, 1, 0).empty());
   EXPECT_EQ(epoch_order(1, 1, 0), std::vector<size_t>{0});
+  // Pinned values, computed by an independent Python transcription of splitmix64 + Fisher-Yates: the
+  // order is part of the resume contract and must not change with the platform or a refactor.
+  EXPECT_EQ(epoch_order(10, 42, 0), (std::vector<size_t>{9, 7, 5, 2, 4, 6, 8, 0, 3, 1}));
+  EXPECT_EQ(epoch_order(10, 42, 1), (std::vector<size_t>{6, 2, 0, 4, 3, 5, 7, 1, 9, 8}));
   // Unbiased: over many epochs, each of 3 items lands first about a third of the time.
   std::vector<int> first(3, 0);
   for (int e = 0; e < 3000; ++e) ++first[epoch_order(3, 7, e)[0]];
