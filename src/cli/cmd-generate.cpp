@@ -1,83 +1,104 @@
 // kdae generate: text continuation with the KV cache, streamed to stdout. Greedy by default
 // (equal to transformers' greedy generate); --temperature/--top-p sample with a seeded generator.
-#include <torch/types.h>
+// Batch mode (--input/--output) loads the model once and answers every line of a JSONL file.
+#include <nlohmann/json.hpp>
 
+#include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "cli/commands.h"
+#include "cli/generation.h"
 #include "common/device.h"
 #include "common/error.h"
-#include "data/chat-template.h"
-#include "io/hf-model.h"
-#include "tokenizer/tokenizer.h"
+#include "common/files.h"
+#include "common/progress.h"
 
 namespace kdae::cli {
 namespace {
 
-std::string render_chat(const tok::Tokenizer& tokenizer, const std::string& name, const std::string& prompt) {
-  auto text_of = [&](std::optional<tok::TokenId> id) { return id ? tokenizer.id_to_token(*id) : std::string(); };
-  const std::string bos = text_of(tokenizer.special().bos), eos = text_of(tokenizer.special().eos);
-  std::optional<data::ChatTemplate> chat;
-  if (name != "auto") chat = data::ChatTemplate::by_name(name, bos, eos);
-  else chat = data::ChatTemplate::detect(tokenizer.chat_template(), bos, eos);
-  if (!chat) fail("the tokenizer's chat_template matches no built-in template; pass --template NAME");
-  return chat->render({{"user", prompt}}, /*add_generation_prompt=*/true).text;
+struct BatchItem {
+  nlohmann::json source;                  // the input line, echoed into the output
+  std::vector<data::Message> messages;    // chat turns; empty = plain prompt
+  std::string prompt;
+};
+
+// One input line: {"prompt": "..."} or {"messages": [{"role": ..., "content": ...}, ...]}.
+BatchItem parse_item(const std::string& line, const std::string& where, bool chat) {
+  nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) fail(where, ": not a JSON object");
+  BatchItem item;
+  if (j.contains("messages")) {
+    if (!j["messages"].is_array() || j["messages"].empty()) fail(where, ": \"messages\" must be a non-empty array");
+    for (const auto& m : j["messages"]) {
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
+          !m["content"].is_string())
+        fail(where, ": each message needs string \"role\" and \"content\"");
+      item.messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+    }
+    item.source = {{"messages", j["messages"]}};
+  } else if (j.contains("prompt") && j["prompt"].is_string()) {
+    item.prompt = j["prompt"].get<std::string>();
+    if (chat) item.messages = {{"user", item.prompt}};
+    item.source = {{"prompt", item.prompt}};
+  } else {
+    fail(where, ": expected a string \"prompt\" or a \"messages\" array");
+  }
+  return item;
 }
 
-// Next token from the last position's logits (V).
-int64_t pick_token(torch::Tensor logits, double temperature, double top_p, torch::Generator& gen) {
-  if (temperature <= 0) return logits.argmax().item<int64_t>();
-  torch::Tensor probs = torch::softmax(logits.to(torch::kFloat32) / temperature, -1);  // (V)
-  auto [sorted, order] = probs.sort(-1, /*descending=*/true);                         // (V), (V)
-  torch::Tensor keep = (sorted.cumsum(-1) - sorted) < top_p;                          // (V) nucleus
-  sorted = sorted * keep;
-  const int64_t choice = torch::multinomial(sorted / sorted.sum(), 1, false, gen).item<int64_t>();
-  return order[choice].item<int64_t>();
+std::vector<BatchItem> read_items(const std::string& path, bool chat) {
+  std::ifstream in(path);
+  if (!in) fail("cannot open ", path);
+  std::vector<BatchItem> items;
+  std::string line;
+  for (int64_t number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    items.push_back(parse_item(line, str(path, ":", number), chat));
+  }
+  if (items.empty()) fail(path, ": no prompts");
+  return items;
+}
+
+// Every line is answered from a fresh cache, so an answer does not depend on its neighbours.
+int run_batch(const Args& args, Generator& generator, const model::GenerateOptions& options) {
+  const bool chat = args.flag("chat");
+  const auto items = read_items(args.get("input"), chat);
+  const std::string output = args.get("output");
+  std::string out_text;
+  Progress progress({.label = "generate", .total = static_cast<int64_t>(items.size()), .rate_unit = "tok"});
+  for (const auto& item : items) {
+    generator.reset();
+    nlohmann::json line = item.source;
+    line["response"] = item.messages.empty() ? generator.continue_text(item.prompt, options, nullptr)
+                                             : generator.reply(item.messages, options, nullptr);
+    out_text += line.dump() + "\n";
+    progress.advance(1, static_cast<int64_t>(generator.last_ids().size()));
+  }
+  progress.finish();
+  write_file_atomic(output, out_text);
+  return 0;
 }
 
 int run_generate(const Args& args) {
   apply_compute_options(args);
-  const auto device = parse_device(args.get("device"));
-  auto tokenizer = tok::Tokenizer::load(args.get("model"));
-  model::Transformer model = io::load_model(args.get("model"), {device, parse_dtype(args.get("dtype"))});
-  model->eval();
-  const bool chat = args.flag("chat");
-  const std::string text = chat ? render_chat(*tokenizer, args.get("template"), args.get("prompt")) : args.get("prompt");
-  // A rendered chat already carries its BOS text.
-  std::vector<tok::TokenId> prompt_ids = tokenizer->encode(text, /*add_special_tokens=*/!chat);
-  if (prompt_ids.empty()) fail("the prompt encodes to no tokens");
-  const int64_t max_new = args.get_int("max-new-tokens");
-  const double temperature = args.get_double("temperature"), top_p = args.get_double("top-p");
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(args.get_int("seed")));
+  const bool batch = args.has("input") || args.has("output");
+  if (batch && !(args.has("input") && args.has("output"))) usage_fail("--input and --output go together");
+  if (batch == args.has("prompt")) usage_fail("give either --prompt or --input/--output");
+  const model::GenerateOptions options = generate_options_from(args);
+  // Batch files may hold conversations even without --chat, so they always get a template.
+  const std::string template_name = args.flag("chat") || batch ? args.get("template") : "";
+  Generator generator(args.get("model"), template_name, parse_device(args.get("device")),
+                      parse_dtype(args.get("dtype")));
+  if (batch) return run_batch(args, generator, options);
 
-  torch::InferenceMode inference;
-  model::KVCache cache;
-  model::ForwardOptions opts;
-  opts.cache = &cache;
-  std::vector<int64_t> step(prompt_ids.begin(), prompt_ids.end());
-  std::vector<tok::TokenId> produced;
-  std::string printed;
-  for (int64_t i = 0; i < max_new; ++i) {
-    torch::Tensor input = torch::tensor(step, torch::kInt64).unsqueeze(0).to(device);  // (1, T)
-    torch::Tensor logits = model->forward(input, opts).logits[0][-1].cpu();            // (V)
-    const int64_t next = pick_token(logits, temperature, top_p, gen);
-    if (tokenizer->special().eos && next == *tokenizer->special().eos) break;
-    produced.push_back(static_cast<tok::TokenId>(next));
-    // Decode the whole continuation and print the new suffix: multi-token characters stay whole.
-    const std::string now = tokenizer->decode(produced, /*skip_special_tokens=*/true);
-    if (now.size() > printed.size() && now.compare(0, printed.size(), printed) == 0) {
-      std::cout << now.substr(printed.size()) << std::flush;
-      printed = now;
-    }
-    step = {next};
-  }
-  const std::string final_text = tokenizer->decode(produced, true);
-  if (final_text.size() > printed.size() && final_text.compare(0, printed.size(), printed) == 0)
-    std::cout << final_text.substr(printed.size());
+  const std::string prompt = args.get("prompt");
+  if (args.flag("chat")) generator.reply({{"user", prompt}}, options, &std::cout);
+  else generator.continue_text(prompt, options, &std::cout);
   std::cout << "\n";
   if (args.flag("print-ids")) {
     std::cerr << "ids:";
-    for (auto id : produced) std::cerr << " " << id;
+    for (auto id : generator.last_ids()) std::cerr << " " << id;
     std::cerr << "\n";
   }
   return 0;
@@ -88,18 +109,17 @@ int run_generate(const Args& args) {
 Command generate_command() {
   std::vector<Option> options = {
       {"model", "DIR", "HF model directory with tokenizer files", "", false, true},
-      {"prompt", "TEXT", "prompt text (the user message with --chat)", "", false, true},
+      {"prompt", "TEXT", "prompt text (the user message with --chat)"},
+      {"input", "FILE", "batch mode: JSONL, one {\"prompt\": ...} or {\"messages\": [...]} per line"},
+      {"output", "FILE", "batch mode: JSONL written atomically, the input line plus \"response\""},
       {"chat", "", "wrap the prompt in the model's chat template as a user turn"},
-      {"template", "NAME", "chat template: auto (detect from tokenizer_config.json) or a built-in name", "auto"},
-      {"max-new-tokens", "N", "tokens to generate at most (stops early at EOS)", "64"},
-      {"temperature", "T", "0 = greedy; > 0 samples from softmax(logits / T)", "0"},
-      {"top-p", "P", "nucleus sampling mass when sampling", "1.0"},
-      {"seed", "N", "sampling seed", "0"},
-      {"print-ids", "", "also print the generated token ids on stderr"},
   };
+  for (auto& o : generation_options()) options.push_back(o);
+  options.push_back({"print-ids", "", "also print the generated token ids on stderr"});
   for (auto& o : device_options()) options.push_back(o);
   for (auto& o : compute_options()) options.push_back(o);
-  return {"generate", "generate text from a prompt (KV cache, streamed output)", "", options, run_generate};
+  return {"generate", "generate text from a prompt (KV cache, streamed output) or a JSONL file of prompts", "",
+          options, run_generate};
 }
 
 }  // namespace kdae::cli

@@ -11,6 +11,7 @@ const std::vector<Command>& all_commands() {
       info_command(),
       forward_command(),
       generate_command(),
+      chat_command(),
       convert_command(),
       tokenize_command(),
       data_command(),

@@ -14,6 +14,7 @@ int run_cli(int argc, char** argv);
 Command info_command();
 Command forward_command();
 Command generate_command();
+Command chat_command();
 Command convert_command();
 Command tokenize_command();
 Command data_command();
