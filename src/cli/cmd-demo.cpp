@@ -8,7 +8,10 @@
 #include <iostream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "cli/commands.h"
+#include "cli/generation.h"
 #include "cli/run-config.h"
 #include "common/error.h"
 #include "common/files.h"
@@ -84,14 +87,33 @@ DemoRow measure(const std::string& name, const train::DistillOptions& base, cons
   return row;
 }
 
-std::string report(const std::vector<DemoRow>& rows, const std::string& setup, double seconds) {
+// The first held-out user prompt, for the sample answers.
+std::string first_prompt(const fs::path& heldout) {
+  std::ifstream in(heldout);
+  std::string line;
+  std::getline(in, line);
+  const auto j = nlohmann::json::parse(line, nullptr, false);
+  if (j.is_discarded() || !j.contains("messages")) fail(heldout.string(), ":1: expected a {\"messages\": [...]} line");
+  return j["messages"][0]["content"].get<std::string>();
+}
+
+std::string sample_answer(const fs::path& model_dir, const std::string& prompt) {
+  Generator generator(model_dir.string(), "auto", torch::kCPU, torch::kFloat32);
+  model::GenerateOptions options;
+  options.max_new_tokens = 48;
+  return generator.reply({{"user", prompt}}, options, nullptr);
+}
+
+std::string report(const std::vector<DemoRow>& rows, const std::string& prompt, const std::string& setup,
+                   double seconds) {
   std::ostringstream s;
   s << std::fixed << std::setprecision(3);
   s << "# kdae demo report\n\n" << setup << "\n\n";
   s << "| student | held-out CE | perplexity | KL to teacher |\n|---|---|---|---|\n";
-  for (const auto& r : rows) s << "| " << r.name << " | " << r.ce << " | " << r.perplexity << " | " << r.kl << " |\n";
   for (const auto& r : rows)
-    if (!r.answer.empty()) s << "\n**" << r.name << "**: " << r.answer << "\n";
+    if (r.name != "teacher") s << "| " << r.name << " | " << r.ce << " | " << r.perplexity << " | " << r.kl << " |\n";
+  s << "\nSample answers (greedy, 48 tokens) to: " << prompt << "\n";
+  for (const auto& r : rows) s << "\n**" << r.name << "**: " << r.answer << "\n";
   s << "\nTotal time: " << std::setprecision(0) << seconds << " s\n";
   return s.str();
 }
@@ -111,16 +133,21 @@ int run_demo(const Args& args) {
   std::cerr << "demo: held-out evaluation\n";
   std::vector<DemoRow> rows = {measure("initial (pruned)", kd, student), measure("SFT", kd, out / "sft" / "model"),
                                measure("KD", kd, out / "kd" / "model")};
+  const std::string prompt = first_prompt(fs::path(args.get("data")) / "heldout.jsonl");
+  for (auto& row : rows)
+    row.answer = sample_answer(row.name == "KD" ? out / "kd" / "model" : row.name == "SFT" ? out / "sft" / "model" : student,
+                               prompt);
+  rows.insert(rows.begin(), DemoRow{"teacher", 0, 0, 0, sample_answer(teacher, prompt)});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::ostringstream setup;
   setup << "Teacher " << teacher.string() << "; student = every " << args.get("keep-every")
         << "-th teacher layer; data " << args.get("data") << "; " << args.get("epochs") << " epoch(s), lr "
         << args.get("learning-rate") << ", batch " << args.get("batch-size") << ", seq " << args.get("seq-length")
         << ". KL = forward KL(teacher || student) per supervised token on the held-out answers.";
-  const std::string text = report(rows, setup.str(), seconds);
+  const std::string text = report(rows, prompt, setup.str(), seconds);
   write_file_atomic(out / "report.md", text);
   std::cout << text;
-  if (rows[2].kl >= rows[1].kl) std::cerr << "demo: warning: the KD student did not beat SFT on held-out KL\n";
+  if (rows[3].kl >= rows[2].kl) std::cerr << "demo: warning: the KD student did not beat SFT on held-out KL\n";
   return 0;
 }
 

@@ -15,6 +15,10 @@ const std::vector<Command>& all_commands() {
       convert_command(),
       tokenize_command(),
       data_command(),
+      distill_command(),
+      align_command(),
+      eval_command(),
+      demo_command(),
       upcycle_command(),
       teacher_cache_command(),
   };

@@ -18,6 +18,10 @@ Command chat_command();
 Command convert_command();
 Command tokenize_command();
 Command data_command();
+Command distill_command();
+Command align_command();
+Command eval_command();
+Command demo_command();
 Command upcycle_command();
 Command teacher_cache_command();
 
