@@ -49,16 +49,17 @@ void print_lengths(std::ostream& out, std::vector<int64_t> lengths) {
                 (long long)lengths.front(), (long long)percentile(lengths, 50), (long long)percentile(lengths, 90),
                 (long long)percentile(lengths, 99), (long long)lengths.back(), mean);
   out << buf;
-  // Eight equal-width buckets up to the longest sample.
-  constexpr int kBuckets = 8;
-  const int64_t width = std::max<int64_t>(1, (lengths.back() + kBuckets - 1) / kBuckets);
-  std::vector<int64_t> count(kBuckets, 0);
-  for (auto n : lengths) ++count[std::min<int64_t>((n - 1) / width, kBuckets - 1)];
+  // Up to eight equal-width buckets from the shortest to the longest sample.
+  constexpr int64_t kBuckets = 8;
+  const int64_t lo = lengths.front(), span = lengths.back() - lo + 1;
+  const int64_t width = (span + kBuckets - 1) / kBuckets, buckets = (span + width - 1) / width;
+  std::vector<int64_t> count(buckets, 0);
+  for (auto n : lengths) ++count[(n - lo) / width];
   const int64_t most = *std::max_element(count.begin(), count.end());
-  for (int b = 0; b < kBuckets; ++b) {
-    const int bar = static_cast<int>(40 * count[b] / std::max<int64_t>(most, 1));
-    std::snprintf(buf, sizeof buf, "  %6lld-%-6lld %-40s %lld\n", (long long)(b * width + 1), (long long)((b + 1) * width),
-                  std::string(bar, '#').c_str(), (long long)count[b]);
+  for (int64_t b = 0; b < buckets; ++b) {
+    const int bar = static_cast<int>(40 * count[b] / most);
+    std::snprintf(buf, sizeof buf, "  %6lld-%-6lld %-40s %lld\n", (long long)(lo + b * width),
+                  (long long)(lo + (b + 1) * width - 1), std::string(bar, '#').c_str(), (long long)count[b]);
     out << buf;
   }
 }
