@@ -77,6 +77,17 @@ def test_identical_experts_equal_base(base, tmp_path):
         got = moe(torch.tensor([IDS])).logits
         want = base_model(torch.tensor([IDS])).logits
     assert (got - want).abs().max().item() < 1e-5
+    # kdae's own grouped-expert forward agrees too, and its router logits are the ones transformers computes.
+    ours = {}
+    for name, d in (("moe", out), ("base", base_dir)):
+        f = tmp_path / f"{name}.safetensors"
+        subprocess.run([KDAE, "forward", "--model", str(d), "--tokens", ",".join(map(str, IDS)), "--out", str(f),
+                        "--threads", "1", "--router-logits"], check=True)
+        ours[name] = load_file(str(f))
+    assert (ours["moe"]["logits"] - ours["base"]["logits"]).abs().max().item() < 1e-5
+    with torch.no_grad():
+        router = moe(torch.tensor([IDS]), output_router_logits=True).router_logits[0]
+    assert (ours["moe"]["router_logits.0"] - router.reshape(len(IDS), 4)).abs().max().item() < 1e-5
     # The router is real: its logits differ between experts, so top-2 mixing was exercised.
     gate = load_file(str(out / "model.safetensors"))["model.layers.0.block_sparse_moe.gate.weight"]
     assert gate.shape == (4, 64) and 0.01 < gate.std().item() < 0.03
