@@ -35,18 +35,19 @@ SparseTeacherRows rescale_temperature(const SparseTeacherRows& rows, double tau,
   if (!(tau > 0.0)) fail("distillation temperature must be positive, got ", tau);
   if (tau == rows.temperature) return rows;
   const double a = rows.temperature / tau;
-  auto lp = rows.logprobs.to(torch::kFloat32);                                    // (N, k)
-  auto present = lp > -std::numeric_limits<float>::infinity();                    // (N, k)
+  // fp64 here: the rescale would otherwise add rounding that tau^2 later magnifies.
+  auto lp = rows.logprobs.to(torch::kFloat64);                                    // (N, k)
+  auto present = lp > -std::numeric_limits<double>::infinity();                   // (N, k)
   auto scaled = lp * a;                                                           // (N, k), -inf stays
   // The tail as n equal tokens of mass t / n each: n (t / n)^a.
-  auto n_tail = (vocab - present.sum(1)).to(torch::kFloat32);                     // (N)
-  auto tail = rows.tail.to(torch::kFloat32);                                      // (N)
+  auto n_tail = (vocab - present.sum(1)).to(torch::kFloat64);                     // (N)
+  auto tail = rows.tail.to(torch::kFloat64);                                      // (N)
   auto log_tail = at::where((n_tail > 0) & (tail > 0), n_tail.log() + a * (tail.log() - n_tail.log()),
-                            at::full_like(tail, -std::numeric_limits<float>::infinity()));  // (N)
+                            at::full_like(tail, -std::numeric_limits<double>::infinity()));  // (N)
   auto log_z = at::logsumexp(at::cat({scaled, log_tail.unsqueeze(1)}, 1), 1);     // (N)
   SparseTeacherRows out = rows;
-  out.logprobs = scaled - log_z.unsqueeze(1);  // (N, k)
-  out.tail = (log_tail - log_z).exp();         // (N)
+  out.logprobs = (scaled - log_z.unsqueeze(1)).to(torch::kFloat32);  // (N, k)
+  out.tail = (log_tail - log_z).exp().to(torch::kFloat32);            // (N)
   out.temperature = tau;
   return out;
 }
