@@ -74,8 +74,10 @@ torch::Tensor sparse_row_divergence(const torch::Tensor& student_rows, const Spa
   if (tau != 1.0) z = z / tau;
   auto lse = at::logsumexp(z, 1, true);                                            // (N, 1)
   auto s_top = at::where(present, z.gather(1, safe_ids) - lse, at::full_like(lp_t, kLogZero));  // (N, k)
-  auto hit = at::zeros_like(z).scatter_add(1, safe_ids, present.to(torch::kFloat32)) > 0;  // (N, V)
-  auto s_tail = at::logsumexp(z.masked_fill(hit, kLogZero), 1, true) - lse;        // (N, 1)
+  // The student's tail: every column but the present ids (absent slots repeat the top-1 id, which is
+  // masked anyway, so the scatter writes one value per column).
+  auto mask_ids = at::where(present, ids, ids.narrow(1, 0, 1));                     // (N, k)
+  auto s_tail = at::logsumexp(z.scatter(1, mask_ids, kLogZero), 1, true) - lse;     // (N, 1)
   auto log_s = at::cat({s_top, s_tail.clamp_min(kLogZero)}, 1);                    // (N, K)
   auto t_top = at::where(present, lp_t, at::full_like(lp_t, kLogZero));            // (N, k)
   auto t_tail = t.tail.to(device, torch::kFloat32).unsqueeze(1).log().clamp_min(kLogZero);  // (N, 1)

@@ -33,6 +33,7 @@ namespace kdae::distill {
 struct SparseTeacherRows {
   torch::Tensor ids;       // (N, k) int64 token ids (any value where logprobs is -inf)
   torch::Tensor logprobs;  // (N, k) fp32 log p_T(id) at the capture temperature; -inf = absent
+                           // (never entry 0, the top-1)
   torch::Tensor tail;      // (N) fp32 1 - sum of exp(logprobs), >= 0
   double temperature = 1.0;  // the capture temperature tau_c
 };
