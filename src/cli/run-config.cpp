@@ -210,6 +210,7 @@ const std::vector<Key>& key_table() {
                       lg = "Logging, evaluation, checkpoints", dv = "Devices", da = "DAE (kdae align)";
     t.push_back(string_key(m, "base_model_path", &D::base_model_path, "Student: HF model directory whose weights training starts from."));
     t.push_back(string_key(m, "target_model_path", &D::target_model_path, "Teacher (distill), or the general reference teacher (align)."));
+    t.push_back(string_key(m, "teacher_cache", &D::teacher_cache, "A `kdae teacher-cache` directory used instead of running the teacher (distill; forward KL on the stored top-k + tail; attention/hidden KD off; no eval during training)."));
     t.push_back(string_key(m, "training_data_path", &D::training_data_path, "Training samples (JSON lines)."));
     t.push_back(not_for_resume(string_key(m, "eval_data_path", &D::eval_data_path, "Evaluation samples; empty = no evaluation.")));
     t.push_back(not_for_resume(string_key(m, "output_dir", &D::output_dir, "Where checkpoints, metrics.jsonl, runs/ and the final model go.")));

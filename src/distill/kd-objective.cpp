@@ -42,7 +42,13 @@ DistillTerm pooled_distillation(const KdBatch& batch, const torch::Tensor& mask,
                                                   : torch::Tensor();
     DivergenceOptions div = opts.divergence;
     div.temperature = part.temperature;
-    auto term = distillation_loss(batch.student_logits.index_select(0, rows), part.logits, part_mask, div, weights);
+    DistillTerm term;
+    if (part.is_sparse) {
+      SparseDivergenceOptions sparse{div, div.student_vocab > 0 ? div.student_vocab : batch.student_logits.size(2)};
+      term = sparse_distillation_loss(batch.student_logits.index_select(0, rows), part_mask, part.sparse, sparse, weights);
+    } else {
+      term = distillation_loss(batch.student_logits.index_select(0, rows), part.logits, part_mask, div, weights);
+    }
     const int64_t n = opts.divergence.normalization == Normalization::TokenMean
                           ? term.count
                           : part_mask.any(1).sum().item<int64_t>();

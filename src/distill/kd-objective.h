@@ -18,6 +18,7 @@
 
 #include "distill/divergence.h"
 #include "distill/loss-sum.h"
+#include "distill/sparse-divergence.h"
 
 namespace kdae::distill {
 
@@ -44,6 +45,9 @@ struct TeacherPart {
   torch::Tensor logits;          // (b, T, Vt) constant
   double temperature = 1.0;
   double weight = 1.0;
+  // A teacher cache instead of logits: the stored top-k + tail of the rows' supervised positions.
+  bool is_sparse = false;
+  SparseTeacherRows sparse;
 };
 
 struct KdBatch {

@@ -76,13 +76,24 @@ void validate_distill_options(DistillOptions& o, RunKind kind) {
   check(o.domain_fraction >= 0 && o.domain_fraction <= 1, "domain_fraction", "in [0, 1]", o.domain_fraction);
 
   if (kind == RunKind::distill) {
-    required("target_model_path", o.target_model_path);
+    if (!o.teacher_cache.empty()) {
+      if (o.attn_weight > 0 || o.hidden_weight > 0)
+        fail("config: attention and hidden-state KD need the live teacher; set attn_weight: 0 and hidden_weight: 0 "
+             "to train from teacher_cache");
+      if (o.label_alignment != "shifted") fail("config: teacher_cache stores the shifted positions; use label_alignment: shifted");
+      if (!o.eval_data_path.empty())
+        fail("config: evaluation during a teacher_cache run is not supported (it needs the live teacher); "
+             "leave eval_data_path empty and run kdae eval --teacher DIR afterwards");
+    } else {
+      required("target_model_path (or teacher_cache)", o.target_model_path);
+    }
     if (!o.teachers.empty() || !o.domain_model_path.empty())
       fail("config keys 'teachers' and 'domain_model_path' belong to kdae align, not kdae distill");
     return;
   }
   check(o.domain_fraction > 0 && o.domain_fraction < 1, "domain_fraction", "in (0, 1) for kdae align",
         o.domain_fraction);
+  if (!o.teacher_cache.empty()) fail("config key 'teacher_cache' is for kdae distill (one teacher)");
   if (o.teachers.empty()) {
     required("target_model_path (the general reference teacher) or teachers", o.target_model_path);
     required("domain_model_path (the domain expert) or teachers", o.domain_model_path);

@@ -22,6 +22,7 @@ struct DistillOptions {
   // Models and data.
   std::string base_model_path;    // the student's starting weights
   std::string target_model_path;  // the teacher (KD) / the general reference teacher (DAE)
+  std::string teacher_cache;      // kdae teacher-cache output replacing the live teacher (distill)
   std::string training_data_path;
   std::string eval_data_path;     // "" = no evaluation
   std::string output_dir;

@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "distill/router-loss.h"
+#include "train/teacher-cache.h"
 
 namespace kdae::train {
 namespace {
@@ -47,6 +48,10 @@ std::vector<distill::LayerPairs> build_layer_pairs(const std::vector<int64_t>& l
                                                    const model::ModelConfig& student, TeacherSet& teachers) {
   std::vector<distill::LayerPairs> out;
   for (size_t i = 0; i < teachers.size(); ++i) {
+    if (!teachers.at(i).model) {
+      out.emplace_back();
+      continue;
+    }
     const int64_t tl = teachers.at(i).model->config().num_layers;
     distill::LayerPairs pairs;
     if (layer_map.empty()) {
@@ -89,6 +94,10 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
   // Teachers start (attention KD: only embed, the student drives them) or run whole.
   for (auto& t : live) {
     Teacher& teacher = s.teachers->at(t.index);
+    if (teacher.cache) {
+      if (live.size() != 1) fail("a teacher cache must serve every row of a micro-batch");
+      continue;
+    }
     auto rows_t = torch::tensor(t.rows, torch::kInt64).to(teacher.device);
     model::ForwardOptions opts;
     opts.position_ids = positions.to(teacher.device).index_select(0, rows_t);
@@ -148,8 +157,15 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
   StepResult result;
   for (auto& t : live) {
     const Teacher& teacher = s.teachers->at(t.index);
-    kd.teachers.push_back(distill::TeacherPart{t.rows_on_student, t.out.logits.to(dev),
-                                               s.temperature_override.value_or(teacher.temperature), teacher.weight});
+    distill::TeacherPart part{t.rows_on_student, torch::Tensor(), s.temperature_override.value_or(teacher.temperature),
+                              teacher.weight};
+    if (teacher.cache) {
+      part.sparse = teacher.cache->rows_for(mb.row_samples, batch, dev);
+      part.is_sparse = true;
+    } else {
+      part.logits = t.out.logits.to(dev);
+    }
+    kd.teachers.push_back(std::move(part));
     result.part_teacher.push_back(t.index);
     if (need_hidden) {
       for (size_t p = 0; p < t.pairs->size(); ++p) {

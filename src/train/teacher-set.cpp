@@ -5,6 +5,7 @@
 #include "common/device.h"
 #include "common/error.h"
 #include "io/hf-model.h"
+#include "train/teacher-cache.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kdae::train {
@@ -38,6 +39,16 @@ void check_same_tokenizer(const tok::Tokenizer& student, const std::string& stud
 TeacherSet::TeacherSet(const DistillOptions& o, RunKind kind, const tok::Tokenizer& student_tokenizer,
                        const model::ModelConfig& student_config) {
   std::vector<Teacher> specs;
+  if (kind == RunKind::distill && !o.teacher_cache.empty()) {
+    Teacher t{"*", o.teacher_cache, o.temperature, 1.0};
+    t.cache = std::make_shared<TeacherCache>(TeacherCache::open(o.teacher_cache));
+    if (!t.cache->complete())
+      fail("teacher cache ", o.teacher_cache, " covers ", t.cache->samples_covered(), " of ",
+           t.cache->header().dataset_samples, " samples; finish it with kdae teacher-cache (it resumes)");
+    by_domain_["*"] = 0;
+    teachers_.push_back(std::move(t));
+    return;
+  }
   if (kind == RunKind::distill) {
     specs.push_back(Teacher{"*", o.target_model_path, o.temperature, 1.0});
   } else {
@@ -96,6 +107,11 @@ std::string TeacherSet::describe() const {
   std::ostringstream s;
   for (size_t i = 0; i < teachers_.size(); ++i) {
     const auto& t = teachers_[i];
+    if (t.cache) {
+      s << "teacher cache " << t.path << " (top-" << t.cache->top_k() << " log-probs + tail mass, captured at temperature "
+        << t.cache->capture_temperature() << "; no teacher model loaded)";
+      continue;
+    }
     s << (i ? "; " : "") << "teacher " << (t.name == "*" ? std::string("(all samples)") : t.name) << " = " << t.path
       << " on " << t.device.str() << " (" << dtype_name(t.model->parameters().front().scalar_type())
       << ", all teachers resident, no autograd)";

@@ -19,12 +19,15 @@ class Tokenizer;
 
 namespace kdae::train {
 
+class TeacherCache;
+
 struct Teacher {
   std::string name;        // the domain it serves ("*" = every domain)
   std::string path;
   double temperature = 1.0;
   double weight = 1.0;
-  model::Transformer model{nullptr};
+  model::Transformer model{nullptr};          // null when the signal comes from `cache`
+  std::shared_ptr<TeacherCache> cache;        // kdae teacher-cache output (distill's teacher_cache)
   torch::Device device = torch::kCPU;
 };
 

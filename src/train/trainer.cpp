@@ -21,6 +21,7 @@
 #include "train/lr-schedule.h"
 #include "train/optimizer.h"
 #include "train/student.h"
+#include "train/teacher-cache.h"
 #include "train/teacher-set.h"
 
 namespace kdae::train {
@@ -306,6 +307,18 @@ void restore_trainable(Run& r, const fs::path& dir) {
   }
 }
 
+void check_teacher_cache(const Run& r) {
+  for (size_t i = 0; i < r.teachers->size(); ++i) {
+    const auto& cache = r.teachers->at(i).cache;
+    if (!cache) continue;
+    cache->check_compatible(cache_key_for(*r.tokenizer, r.train, r.o.chat_template, r.o.seq_length));
+    if (r.o.temperature != cache->capture_temperature() && cache->top_k() < r.tokenizer->vocab_size())
+      std::cerr << "warning: temperature " << r.o.temperature << " differs from the cache's capture temperature "
+                << cache->capture_temperature() << "; with top-" << cache->top_k()
+                << " the rescaled teacher is an approximation (tail mass spread evenly, docs/teacher-cache.md)\n";
+  }
+}
+
 }  // namespace
 
 Scalars evaluate_student(const DistillOptions& o, RunKind kind) {
@@ -334,6 +347,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
   r.teachers = std::make_unique<TeacherSet>(o, kind, *r.tokenizer, r.student->config());
   load_data(r);
   const auto teacher_of_domain = r.teachers->assign(r.train.domain_names);
+  check_teacher_cache(r);
   const auto usable = usable_samples(r, teacher_of_domain);
   build_setup(r, teacher_of_domain);
 
