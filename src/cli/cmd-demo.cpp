@@ -59,6 +59,7 @@ train::DistillOptions run_options(const Args& args, const fs::path& student, con
   o.train_batch_size = args.get_int("batch-size");
   o.eval_batch_size = args.get_int("batch-size");
   o.num_train_epochs = args.get_double("epochs");
+  o.max_steps = args.get_int("max-steps");
   o.warmup_ratio = 0.1;
   o.weight_decay = 0.0;
   o.lambda_param = lambda;
@@ -141,7 +142,7 @@ int run_demo(const Args& args) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::ostringstream setup;
   setup << "Teacher " << teacher.string() << "; student = every " << args.get("keep-every")
-        << "-th teacher layer; data " << args.get("data") << "; " << args.get("epochs") << " epoch(s), lr "
+        << "-th teacher layer; data " << args.get("data") << "; " << (args.get_int("max-steps") > 0 ? args.get("max-steps") + " steps" : args.get("epochs") + " epoch(s)") << ", lr "
         << args.get("learning-rate") << ", batch " << args.get("batch-size") << ", seq " << args.get("seq-length")
         << ". KL = forward KL(teacher || student) per supervised token on the held-out answers.";
   const std::string text = report(rows, prompt, setup.str(), seconds);
@@ -167,7 +168,8 @@ Command demo_command() {
       {"data", "DIR", "directory with train.jsonl and heldout.jsonl (chat messages)", "", false, true},
       {"out", "DIR", "where the students, runs and report.md go", "", false, true},
       {"keep-every", "K", "student = teacher layers 0, K, 2K, ... and the last", "3"},
-      {"epochs", "N", "training epochs of each student", "1"},
+      {"epochs", "N", "training epochs of each student (when --max-steps is -1)", "1"},
+      {"max-steps", "N", "optimizer steps of each student; -1 = --epochs (the default keeps the demo near 10 minutes)", "20"},
       {"learning-rate", "LR", "peak learning rate (cosine, 10% warmup)", "2e-4"},
       {"batch-size", "N", "sequences per step", "8"},
       {"seq-length", "N", "tokens per sequence", "256"},
