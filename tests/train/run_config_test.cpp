@@ -136,7 +136,7 @@ TEST(RunConfig, ValidationAndAlignTeachers) {
     train::validate_distill_options(o, train::RunKind::distill);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_STREQ(e.what(), "config key 'target_model_path' is required");
+    EXPECT_STREQ(e.what(), "config key 'target_model_path (or teacher_cache)' is required");
   }
   o.target_model_path = "t";
   o.lambda_param = 1.5;
