@@ -141,8 +141,8 @@ int run_demo(const Args& args) {
   rows.insert(rows.begin(), DemoRow{"teacher", 0, 0, 0, sample_answer(teacher, prompt)});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::ostringstream setup;
-  setup << "Teacher " << teacher.string() << "; student = every " << args.get("keep-every")
-        << "-th teacher layer; data " << args.get("data") << "; " << (args.get_int("max-steps") > 0 ? args.get("max-steps") + " steps" : args.get("epochs") + " epoch(s)") << ", lr "
+  setup << "Teacher " << teacher.string() << "; student = teacher layers 0, K, 2K, ... and the last, K = " << args.get("keep-every")
+        << "; data " << args.get("data") << "; " << (args.get_int("max-steps") > 0 ? args.get("max-steps") + " steps" : args.get("epochs") + " epoch(s)") << ", lr "
         << args.get("learning-rate") << ", batch " << args.get("batch-size") << ", seq " << args.get("seq-length")
         << ". KL = forward KL(teacher || student) per supervised token on the held-out answers.";
   const std::string text = report(rows, prompt, setup.str(), seconds);
@@ -170,7 +170,7 @@ Command demo_command() {
       {"keep-every", "K", "student = teacher layers 0, K, 2K, ... and the last", "3"},
       {"epochs", "N", "training epochs of each student (when --max-steps is -1)", "1"},
       {"max-steps", "N", "optimizer steps of each student; -1 = --epochs (the default keeps the demo near 10 minutes)", "20"},
-      {"learning-rate", "LR", "peak learning rate (cosine, 10% warmup)", "2e-4"},
+      {"learning-rate", "LR", "peak learning rate (cosine, 10% warmup)", "6e-4"},
       {"batch-size", "N", "sequences per step", "8"},
       {"seq-length", "N", "tokens per sequence", "256"},
       {"seed", "N", "random seed", "42"},
