@@ -14,7 +14,7 @@ STUDENT="$WORK/student"
 if [ ! -f "$STUDENT/config.json" ]; then
   "$KDAE_VENV/bin/python" - "$TEACHER" "$STUDENT" <<'PY'
 import sys, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 teacher, out = sys.argv[1:3]
 m = AutoModelForCausalLM.from_pretrained(teacher, torch_dtype=torch.float32)
 keep = list(range(0, m.config.num_hidden_layers, 3))
@@ -22,8 +22,11 @@ keep = keep if keep[-1] == m.config.num_hidden_layers - 1 else keep + [m.config.
 m.model.layers = torch.nn.ModuleList([m.model.layers[i] for i in keep])
 m.config.num_hidden_layers = len(keep)
 m.save_pretrained(out)
-AutoTokenizer.from_pretrained(teacher).save_pretrained(out)
 PY
+  # The teacher's own tokenizer files (a re-save through transformers may rewrite them).
+  for f in "$TEACHER"/tokenizer* "$TEACHER"/special_tokens_map.json "$TEACHER"/generation_config.json; do
+    [ -f "$f" ] && cp "$f" "$STUDENT/"
+  done
 fi
 cat > "$WORK/run.yaml" <<YAML
 base_model_path: $STUDENT
