@@ -102,7 +102,10 @@ KdTerms kd_objective(const KdBatch& batch, const KdObjectiveOptions& opts) {
     std::optional<torch::NoGradGuard> no_grad;
     if (w_kd == 0.0) no_grad.emplace();
     auto mask = supervised_mask(labels, batch.token_mask, opts.alignment).to(logits.device());  // (B, T)
-    auto pred = batch.teachers.empty()
+    const bool no_teacher = batch.teachers.empty() && !batch.teacher_logits.defined();
+    if (no_teacher && w_kd != 0.0) fail("the KD term (lambda > 0) needs teacher logits");
+    auto pred = no_teacher ? DistillTerm{torch::zeros({}, logits.options().dtype(torch::kFloat32)), mask.sum().item<int64_t>()}
+                : batch.teachers.empty()
                     ? distillation_loss(logits, batch.teacher_logits, mask, opts.divergence, batch.sample_weights)
                     : pooled_distillation(batch, mask, opts, terms);
     terms.pred_layer_loss = pred.loss;

@@ -83,7 +83,8 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
   const bool need_hidden = kd_on && s.objective.hidden_weight > 0;
 
   std::vector<LiveTeacher> live;
-  for (auto& [index, rows] : rows_by_teacher(s, batch)) {
+  const auto groups = s.run_teachers ? rows_by_teacher(s, batch) : std::map<int, std::vector<int64_t>>();
+  for (const auto& [index, rows] : groups) {
     LiveTeacher t;
     t.index = index;
     t.rows = rows;

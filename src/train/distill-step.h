@@ -30,6 +30,8 @@ struct StepSetup {
   torch::ScalarType compute_dtype = torch::kFloat32;  // autocast dtype when not float32
   bool packing = false;
   double router_aux_coef = 0.0, router_z_coef = 0.0;
+  // false when lambda = 0 (CE-only training): the teachers are not run at all. Evaluation sets it.
+  bool run_teachers = true;
   // Evaluation measures KL between the true distributions: every teacher at this temperature.
   std::optional<double> temperature_override;
 };

@@ -45,6 +45,7 @@ Scalars evaluate(StepSetup setup, const data::Dataset& ds, const EvalOptions& o)
   const bool was_training = setup.student->is_training();
   setup.student->eval();
   setup.temperature_override = 1.0;
+  setup.run_teachers = true;
   setup.objective.divergence.kind = distill::Divergence::ForwardKL;
   setup.objective.divergence.temperature = 1.0;
 

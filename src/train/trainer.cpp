@@ -163,6 +163,7 @@ void build_setup(Run& r, const std::vector<int>& teacher_of_domain) {
   s.device = r.device;
   s.compute_dtype = parse_dtype(r.o.dtype);
   s.packing = r.o.packing;
+  s.run_teachers = r.o.lambda_param > 0;
   if (r.o.hidden_weight > 0) {
     const int64_t teacher_dim = r.teachers->at(0).model->config().hidden_size;
     for (size_t i = 1; i < r.teachers->size(); ++i)
@@ -271,12 +272,12 @@ Scalars window_scalars(const Run& r, const Window& w, double lr, double grad_nor
   auto mean = [](double sum, int64_t n) { return n > 0 ? sum / static_cast<double>(n) : 0.0; };
   Scalars s = {{"train/loss", w.loss / std::max<int64_t>(w.steps, 1)},
                {"train/ce_loss", mean(w.ce, w.ce_tokens)},
-               {"train/kd_loss", mean(w.kd, w.kd_tokens)},
                {"train/lr", lr},
                {"train/grad_norm", grad_norm},
                {"train/tokens_per_second", w.seconds > 0 ? w.tokens / w.seconds : 0.0},
                {"train/supervised_tokens", static_cast<double>(w.kd_tokens)}};
-  if (r.o.attn_weight > 0) s.emplace_back("train/attn_loss", mean(w.attn, w.kd_tokens));
+  if (r.setup.run_teachers) s.emplace_back("train/kd_loss", mean(w.kd, w.kd_tokens));
+  if (r.o.attn_weight > 0 && r.setup.run_teachers) s.emplace_back("train/attn_loss", mean(w.attn, w.kd_tokens));
   if (r.o.hidden_weight > 0) s.emplace_back("train/hidden_loss", mean(w.hidden, w.kd_tokens));
   if (r.setup.router_aux_coef > 0 || r.setup.router_z_coef > 0) s.emplace_back("train/router_loss", w.router / std::max<int64_t>(w.steps, 1));
   if (r.kind == RunKind::align)
