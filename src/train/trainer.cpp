@@ -37,7 +37,7 @@ fs::path dataset_cache_dir(const std::string& option) {
 
 namespace {
 
-distill::KdObjectiveOptions objective_options(const DistillOptions& o, RunKind kind, int64_t true_vocab) {
+distill::KdObjectiveOptions objective_options(const DistillOptions& o, int64_t true_vocab) {
   distill::KdObjectiveOptions k;
   k.lambda = o.lambda_param;
   k.attention_weight = o.attn_weight;
@@ -53,7 +53,6 @@ distill::KdObjectiveOptions objective_options(const DistillOptions& o, RunKind k
                                                                 : distill::Normalization::SequenceMean;
   k.divergence.student_vocab = k.divergence.teacher_vocab = true_vocab;
   if (o.kd_chunk_tokens > 0) k.divergence.chunk_rows = o.kd_chunk_tokens;
-  (void)kind;
   return k;
 }
 
@@ -158,7 +157,7 @@ void build_setup(Run& r, const std::vector<int>& teacher_of_domain) {
   s.student = r.student;
   s.teachers = r.teachers.get();
   s.teacher_of_domain = teacher_of_domain;
-  s.objective = objective_options(r.o, r.kind, r.tokenizer->vocab_size());
+  s.objective = objective_options(r.o, r.tokenizer->vocab_size());
   s.layer_pairs = build_layer_pairs(r.o.layer_map, r.student->config(), *r.teachers);
   s.device = r.device;
   s.compute_dtype = parse_dtype(r.o.dtype);
@@ -432,7 +431,6 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     NamedTensors opt_state = optimizer.state();
     save_checkpoint(o.output_dir, {&model_tensors, &opt_state, state}, static_cast<int>(o.save_total_limit));
   };
-  int64_t last_saved = resuming ? step : -1;
   while (step < total_steps) {
     const auto started = std::chrono::steady_clock::now();
     StepBatches batches = next_step_batches(stream, r);
@@ -460,12 +458,8 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
       summary.last_eval = evaluate(r.setup, r.eval, eval_opts);
       log.log(step, stream.epoch_progress(), summary.last_eval);
     }
-    if ((save_every > 0 && step % save_every == 0) || step == total_steps) {
-      save();
-      last_saved = step;
-    }
+    if ((save_every > 0 && step % save_every == 0) || step == total_steps) save();
   }
-  if (last_saved != step) save();
   bar.finish();
   log.close();
   summary.steps = step;
