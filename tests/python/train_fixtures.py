@@ -101,6 +101,19 @@ def sample_answers(teacher, prompts, length, seed):
     return out
 
 
+def chat_rows(teacher, words, count, answer_len, seed, **extra):
+    """count conversations: random prompts over `words`, answers sampled from `teacher`."""
+    rng = random.Random(seed)
+    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 4))) for _ in range(count)]
+    answers = sample_answers(teacher, prompts, answer_len, seed=seed + 1)
+    return [dict({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}, **extra)
+            for p, a in zip(prompts, answers)]
+
+
+def write_rows(path: pathlib.Path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def make_world(root: pathlib.Path, n_train=96, n_eval=24, answer_len=16):
     """Teacher, student and data under root (built once per root)."""
     done = root / "world.json"
@@ -108,14 +121,10 @@ def make_world(root: pathlib.Path, n_train=96, n_eval=24, answer_len=16):
         return json.loads(done.read_text())
     teacher = make_model(root / "teacher", seed=1, hidden=64, layers=2, heads=4, kv_heads=2, sharpen=12.0)
     make_model(root / "student", seed=2, hidden=32, layers=1, heads=4, kv_heads=2)
-    rng = random.Random(3)
     words = ["cat", "sun", "map", "red", "blue", "tree", "stone", "river", "code", "song", "list", "door"]
-    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 4))) for _ in range(n_train + n_eval)]
-    answers = sample_answers(teacher, prompts, answer_len, seed=4)
-    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
-            for p, a in zip(prompts, answers)]
-    for name, part in (("train.jsonl", rows[:n_train]), ("eval.jsonl", rows[n_train:])):
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    rows = chat_rows(teacher, words, n_train + n_eval, answer_len, seed=3)
+    write_rows(root / "train.jsonl", rows[:n_train])
+    write_rows(root / "eval.jsonl", rows[n_train:])
     world = {k: str(root / k) for k in ("teacher", "student", "train.jsonl", "eval.jsonl")}
     done.write_text(json.dumps(world))
     return world
@@ -156,17 +165,13 @@ def make_domain_world(root: pathlib.Path, n_train=96, n_domain=48, n_eval=24, an
         return json.loads(done.read_text())
     world = make_world(root, n_train=n_train, n_eval=n_eval, answer_len=answer_len)
     expert = make_model(root / "expert", seed=5, hidden=64, layers=2, heads=4, kv_heads=2, sharpen=12.0)
-    rng = random.Random(6)
     words = ["price", "cart", "order", "refund", "shoe", "phone", "size", "ship", "deal", "brand"]
-    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 4))) for _ in range(n_domain + n_eval)]
-    answers = sample_answers(expert, prompts, answer_len, seed=7)
-    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}], "domain": 1}
-            for p, a in zip(prompts, answers)]
+    rows = chat_rows(expert, words, n_domain + n_eval, answer_len, seed=6, domain=1)
     general = [json.loads(l) for l in pathlib.Path(world["train.jsonl"]).read_text().splitlines()]
     mixed = general + rows[:n_domain]
     random.Random(8).shuffle(mixed)
-    (root / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))
-    (root / "domain-eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[n_domain:]))
+    write_rows(root / "mixed.jsonl", mixed)
+    write_rows(root / "domain-eval.jsonl", rows[n_domain:])
     world.update({"expert": str(root / "expert"), "mixed.jsonl": str(root / "mixed.jsonl"),
                   "domain-eval.jsonl": str(root / "domain-eval.jsonl")})
     done.write_text(json.dumps(world))
@@ -196,14 +201,10 @@ def make_moe_world(root: pathlib.Path, n_train=96, n_eval=24, answer_len=16):
         return json.loads(done.read_text())
     teacher = make_moe_model(root / "teacher", seed=11, hidden=64, layers=2, experts=4, top_k=2, sharpen=12.0)
     make_moe_model(root / "student", seed=12, hidden=32, layers=2, experts=2, top_k=1)
-    rng = random.Random(13)
     words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "zeta"]
-    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 4))) for _ in range(n_train + n_eval)]
-    answers = sample_answers(teacher, prompts, answer_len, seed=14)
-    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
-            for p, a in zip(prompts, answers)]
-    for name, part in (("train.jsonl", rows[:n_train]), ("eval.jsonl", rows[n_train:])):
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    rows = chat_rows(teacher, words, n_train + n_eval, answer_len, seed=13)
+    write_rows(root / "train.jsonl", rows[:n_train])
+    write_rows(root / "eval.jsonl", rows[n_train:])
     world = {k: str(root / k) for k in ("teacher", "student", "train.jsonl", "eval.jsonl")}
     done.write_text(json.dumps(world))
     return world
