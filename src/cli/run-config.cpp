@@ -285,6 +285,7 @@ const std::vector<Key>& key_table() {
       t.push_back(k);
     }
     t.push_back(not_for_resume(int_key(lo, "kd_chunk_tokens", &D::kd_chunk_tokens, "Tokens per chunk of the vocabulary-sized KD computation; 0 = automatic.")));
+    t.push_back(not_for_resume(bool_key(lo, "fused_lm_head", &D::fused_lm_head, "Run the student's and teachers' LM heads inside the chunked loss, so no (batch, seq, vocab) logits exist; false = materialise them.")));
 
     const std::string moe = "MoE students";
     t.push_back(float_key(moe, "router_aux_loss_coef", &D::router_aux_loss_coef, "Weight of Mixtral's load-balancing loss; < 0 = the student config's router_aux_loss_coef (0 for dense students)."));

@@ -108,10 +108,32 @@ ChunkResult chunk_rows_value(RowKind kind, const torch::Tensor& s, const torch::
   return out;
 }
 
-// Rows `rows` of a (R, W) logits matrix, first V columns, fp32, divided by tau: (n, V).
-torch::Tensor take_rows(const torch::Tensor& logits, const torch::Tensor& rows, int64_t vocab, double tau) {
-  auto x = logits.index_select(0, rows).narrow(1, 0, vocab).to(torch::kFloat32);  // (n, V)
-  return tau == 1.0 ? x : x / tau;
+// One chunk of either kind: cross-entropy when `kind` says so (teacher then holds the labels).
+ChunkGrad kind_chunk(RowKind kind, const torch::Tensor& z, const torch::Tensor& teacher, int64_t vocab, double tau,
+                     double beta, double alpha, const torch::Tensor& weights) {
+  const bool want_grad = weights.defined();
+  ChunkGrad out;
+  if (kind == RowKind::CrossEntropy) {
+    auto r = chunk_rows_value(kind, z.to(torch::kFloat32), {}, teacher, beta, alpha, want_grad);
+    out.value = r.value;
+    if (want_grad) out.grad = r.grad * weights.unsqueeze(1);  // (n, W)
+    return out;
+  }
+  auto s = z.narrow(1, 0, vocab).to(torch::kFloat32);        // (n, V)
+  auto t = teacher.narrow(1, 0, vocab).to(torch::kFloat32);  // (n, V)
+  if (tau != 1.0) s = s / tau, t = t / tau;
+  auto r = chunk_rows_value(kind, s, t, {}, beta, alpha, want_grad);
+  out.value = r.value * (tau * tau);
+  if (!want_grad) return out;
+  // d (tau^2 f(z / tau)) / dz = tau * df/du.
+  auto g = r.grad * (weights.unsqueeze(1) * tau);  // (n, V)
+  if (vocab == z.size(1)) {
+    out.grad = g;
+  } else {
+    out.grad = torch::zeros({z.size(0), z.size(1)}, g.options());  // (n, W) padded columns get 0
+    out.grad.narrow(1, 0, vocab).copy_(g);
+  }
+  return out;
 }
 
 // Student logits in, per-row values out; saves only the inputs and recomputes each chunk's
@@ -128,23 +150,16 @@ struct ChunkedRows : torch::autograd::Function<ChunkedRows> {
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["vocab"] = vocab;
     ctx->saved_data["chunk"] = chunk;
-    const auto row_kind = static_cast<RowKind>(kind);
     const int64_t n_rows = rows.size(0);
     auto values = torch::empty({n_rows}, student.options().dtype(torch::kFloat32));  // (N)
     for (int64_t start = 0; start < n_rows; start += chunk) {
       const int64_t n = std::min(chunk, n_rows - start);
       auto idx = rows.narrow(0, start, n);  // (n)
-      ChunkResult r;
-      if (row_kind == RowKind::CrossEntropy) {
-        r = chunk_rows_value(row_kind, take_rows(student, idx, vocab, 1.0), {},
-                             teacher.index_select(0, idx), beta, alpha, false);
-      } else {
-        r = chunk_rows_value(row_kind, take_rows(student, idx, vocab, tau),
-                             take_rows(teacher, idx, vocab, tau), {}, beta, alpha, false);
-      }
+      auto r = kind_chunk(static_cast<RowKind>(kind), student.index_select(0, idx), teacher.index_select(0, idx),
+                          vocab, tau, beta, alpha, {});
       values.narrow(0, start, n).copy_(r.value);
     }
-    return row_kind == RowKind::CrossEntropy ? values : values * (tau * tau);
+    return values;
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
@@ -160,24 +175,14 @@ struct ChunkedRows : torch::autograd::Function<ChunkedRows> {
     const int64_t vocab = ctx->saved_data["vocab"].toInt();
     const int64_t chunk = ctx->saved_data["chunk"].toInt();
     const auto& grad_out = grads[0];  // (N) fp32
-    auto grad_student = torch::zeros_like(student);            // (R, W)
-    auto grad_view = grad_student.narrow(1, 0, vocab);        // (R, V) padded columns get 0
+    auto grad_student = torch::zeros_like(student);  // (R, W)
     const int64_t n_rows = rows.size(0);
-    // d (tau^2 f(z/tau)) / dz = tau * df/du; cross-entropy has no temperature.
-    const double scale = kind == RowKind::CrossEntropy ? 1.0 : tau;
     for (int64_t start = 0; start < n_rows; start += chunk) {
       const int64_t n = std::min(chunk, n_rows - start);
       auto idx = rows.narrow(0, start, n);  // (n)
-      ChunkResult r;
-      if (kind == RowKind::CrossEntropy) {
-        r = chunk_rows_value(kind, take_rows(student, idx, vocab, 1.0), {}, teacher.index_select(0, idx),
-                             beta, alpha, true);
-      } else {
-        r = chunk_rows_value(kind, take_rows(student, idx, vocab, tau), take_rows(teacher, idx, vocab, tau),
-                             {}, beta, alpha, true);
-      }
-      auto g = r.grad * (grad_out.narrow(0, start, n).unsqueeze(1) * scale);  // (n, V)
-      grad_view.index_copy_(0, idx, g.to(grad_student.scalar_type()));
+      auto r = kind_chunk(kind, student.index_select(0, idx), teacher.index_select(0, idx), vocab, tau, beta, alpha,
+                          grad_out.narrow(0, start, n));
+      grad_student.index_copy_(0, idx, r.grad.to(grad_student.scalar_type()));
     }
     return {grad_student, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
             torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
@@ -240,6 +245,15 @@ int64_t chunk_rows_for(int64_t vocab, const DivergenceOptions& opts) {
   return std::max<int64_t>(1, opts.memory_budget_bytes / per_row);
 }
 
+ChunkGrad divergence_chunk(const torch::Tensor& z, const torch::Tensor& teacher, int64_t vocab,
+                           const DivergenceOptions& opts, const torch::Tensor& weights) {
+  return kind_chunk(row_kind(opts), z, teacher, vocab, opts.temperature, opts.beta, opts.alpha, weights);
+}
+
+ChunkGrad cross_entropy_chunk(const torch::Tensor& z, const torch::Tensor& labels, const torch::Tensor& weights) {
+  return kind_chunk(RowKind::CrossEntropy, z, labels, z.size(1), 1.0, 0.0, 0.0, weights);
+}
+
 torch::Tensor row_divergence(const torch::Tensor& student, const torch::Tensor& teacher,
                              const torch::Tensor& rows, const DivergenceOptions& opts) {
   check_options(opts);
@@ -297,24 +311,27 @@ torch::Tensor mask_rows(const torch::Tensor& mask) {
   return mask.reshape({-1}).nonzero().squeeze(1);  // (N) int64
 }
 
-torch::Tensor normalize_rows(const torch::Tensor& values, const torch::Tensor& mask,
-                             const torch::Tensor& weights, Normalization normalization) {
+torch::Tensor row_coefficients(const torch::Tensor& mask, const torch::Tensor& weights, Normalization normalization) {
   const int64_t batch = mask.size(0), time = mask.size(1);
-  auto rows = mask_rows(mask);                                       // (N)
-  auto seq = at::div(rows, time, "floor");                           // (N) sequence of each row
-  auto fopts = values.options().dtype(torch::kFloat32);
+  auto rows = mask_rows(mask);                  // (N)
+  auto seq = at::div(rows, time, "floor");      // (N) sequence of each row
+  auto fopts = torch::TensorOptions().dtype(torch::kFloat32).device(mask.device());
   auto w = weights.defined() ? weights.to(fopts).reshape({batch}) : torch::ones({batch}, fopts);  // (B)
-  // Dividing by a guarded denominator (never where(num / den)): a zero denominator must give a
-  // zero gradient, and where() would still backpropagate the NaN of the unselected branch.
+  // A zero denominator (no row at all) gives zero coefficients, never NaN.
   auto safe = [](const torch::Tensor& den) { return at::where(den > 0, den, at::ones_like(den)); };
   if (normalization == Normalization::TokenMean) {
     auto w_rows = w.index_select(0, seq);  // (N)
-    return (values * w_rows).sum() / safe(w_rows.sum());
+    return w_rows / safe(w_rows.sum());
   }
-  auto sums = torch::zeros({batch}, fopts).index_add(0, seq, values);                   // (B)
-  auto counts = torch::zeros({batch}, fopts).index_add(0, seq, torch::ones_like(values));  // (B)
+  auto counts = torch::zeros({batch}, fopts).index_add(0, seq, torch::ones({rows.size(0)}, fopts));  // (B)
   auto w_eff = w * (counts > 0).to(torch::kFloat32);  // (B) sequences without rows drop out
-  return (w_eff * (sums / safe(counts))).sum() / safe(w_eff.sum());
+  auto per_sequence = w_eff / (safe(counts) * safe(w_eff.sum()));  // (B)
+  return per_sequence.index_select(0, seq);  // (N)
+}
+
+torch::Tensor normalize_rows(const torch::Tensor& values, const torch::Tensor& mask,
+                             const torch::Tensor& weights, Normalization normalization) {
+  return (values * row_coefficients(mask, weights, normalization).to(values.device())).sum();
 }
 
 DistillTerm distillation_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,

@@ -57,6 +57,18 @@ int64_t chunk_rows_for(int64_t vocab, const DivergenceOptions& opts);
 torch::Tensor row_divergence(const torch::Tensor& student, const torch::Tensor& teacher,
                              const torch::Tensor& rows, const DivergenceOptions& opts);
 
+// One chunk of rows with its gradient, for callers that own the loop over chunks (the chunked
+// autograd function below, the fused LM head in head-loss.h). z (n, W) raw student logits in fp32.
+struct ChunkGrad {
+  torch::Tensor value;  // (n) fp32, tau^2-scaled for divergences
+  torch::Tensor grad;   // (n, W) fp32 d sum(weights * value) / dz; padded columns 0; only with weights
+};
+// teacher (n, Wt) raw logits of any float dtype; vocab = the shared true vocabulary.
+ChunkGrad divergence_chunk(const torch::Tensor& z, const torch::Tensor& teacher, int64_t vocab,
+                           const DivergenceOptions& opts, const torch::Tensor& weights);
+// Cross-entropy over all W columns against labels (n) int64.
+ChunkGrad cross_entropy_chunk(const torch::Tensor& z, const torch::Tensor& labels, const torch::Tensor& weights);
+
 // The plain reference form of row_divergence (materializes (N, V) fp32 tensors, autograd).
 torch::Tensor row_divergence_plain(const torch::Tensor& student, const torch::Tensor& teacher,
                                    const torch::Tensor& rows, const DivergenceOptions& opts);
@@ -67,6 +79,9 @@ torch::Tensor row_cross_entropy(const torch::Tensor& student, const torch::Tenso
                                 const torch::Tensor& rows, const DivergenceOptions& opts);
 torch::Tensor row_cross_entropy_plain(const torch::Tensor& student, const torch::Tensor& labels,
                                       const torch::Tensor& rows);
+
+// The linear map of normalize_rows as per-row coefficients (N) fp32: normalize_rows(v) = sum(c * v).
+torch::Tensor row_coefficients(const torch::Tensor& mask, const torch::Tensor& weights, Normalization normalization);
 
 // Reduces per-row values (N,) of the rows selected by mask (B, T) bool to a scalar:
 // token-mean = sum_w / sum of weights over the rows, sequence-mean = weighted mean over sequences

@@ -35,6 +35,9 @@ struct KdObjectiveOptions {
   double hidden_weight = 0.0;
   LabelAlignment alignment = LabelAlignment::Shifted;
   DivergenceOptions divergence;
+  // This micro-batch's share of its optimizer step's CE and KD tokens under gradient accumulation:
+  // total = (1 - lambda) ce_share CE + lambda kd_share (pred + ...). 1 = the plain objective.
+  double ce_share = 1.0, kd_share = 1.0;
 };
 
 // One teacher's share of a micro-batch (several teachers: DAE routes samples by domain). Its
@@ -48,10 +51,18 @@ struct TeacherPart {
   // A teacher cache instead of logits: the stored top-k + tail of the rows' supervised positions.
   bool is_sparse = false;
   SparseTeacherRows sparse;
+  // Or, with the fused head (KdBatch::student_hidden): final hidden states (b, T, Dt) and the head
+  // (Vt, Dt), both on the teacher's device; logits are then made per chunk of rows.
+  torch::Tensor hidden, head;
 };
 
 struct KdBatch {
   torch::Tensor student_logits;  // (B, T, Vs) any float dtype
+  // Or the fused head (head-loss.h): the student's final hidden states (B, T, D) and its head (Vs, D);
+  // no (B, T, V) logits are made. Then only `total` carries gradients (ce and pred_layer_loss are
+  // detached values for logging) and teachers come as `teachers` parts.
+  torch::Tensor student_hidden;
+  torch::Tensor student_head;
   torch::Tensor teacher_logits;  // (B, T, Vt), constant; or use `teachers`
   std::vector<TeacherPart> teachers;  // when non-empty, replaces teacher_logits
   torch::Tensor labels;          // (B, T) int64 next-token targets, -100 = not supervised

@@ -1,7 +1,10 @@
 // Dimension legend: N = supervised rows, V = true vocabulary, k = stored ids, K = k + 1 buckets.
 #include "distill/sparse-divergence.h"
 
+#include <torch/autograd.h>
+
 #include <cmath>
+#include <limits>
 
 #include "common/error.h"
 #include "distill/tensor-text.h"
@@ -89,6 +92,39 @@ torch::Tensor sparse_row_divergence(const torch::Tensor& student_rows, const Spa
   bucket.student_vocab = bucket.teacher_vocab = 0;
   auto rows = at::arange(log_s.size(0), torch::TensorOptions().dtype(torch::kInt64).device(device));  // (N)
   return row_divergence_plain(log_s, log_t, rows, bucket) * (tau * tau);           // (N)
+}
+
+SparseTeacherRows slice_rows(const SparseTeacherRows& rows, int64_t start, int64_t n) {
+  SparseTeacherRows out = rows;
+  out.ids = rows.ids.narrow(0, start, n);
+  out.logprobs = rows.logprobs.narrow(0, start, n);
+  out.tail = rows.tail.narrow(0, start, n);
+  return out;
+}
+
+SparseTeacherRows scatter_rows(const SparseTeacherRows& rows, const torch::Tensor& positions, int64_t total) {
+  check_rows(rows, positions.size(0));
+  const int64_t k = rows.ids.size(1);
+  SparseTeacherRows out = rows;
+  auto pos = positions.to(rows.ids.device());
+  out.ids = torch::zeros({total, k}, rows.ids.options()).index_copy(0, pos, rows.ids);  // (total, k)
+  auto placeholder = torch::full({total, k}, -std::numeric_limits<float>::infinity(), rows.logprobs.options());
+  placeholder.select(1, 0).zero_();  // log 1 at id 0
+  out.logprobs = placeholder.index_copy(0, pos.to(rows.logprobs.device()), rows.logprobs);  // (total, k)
+  out.tail = torch::zeros({total}, rows.tail.options()).index_copy(0, pos.to(rows.tail.device()), rows.tail);
+  return out;
+}
+
+ChunkGrad sparse_divergence_chunk(const torch::Tensor& z, const SparseTeacherRows& teacher,
+                                  const SparseDivergenceOptions& opts, const torch::Tensor& weights) {
+  const bool want_grad = weights.defined();
+  torch::AutoGradMode mode(want_grad);
+  auto u = z.detach().to(torch::kFloat32).requires_grad_(want_grad);  // (n, W)
+  auto values = sparse_row_divergence(u, teacher, opts);            // (n)
+  ChunkGrad out;
+  out.value = values.detach();
+  if (want_grad) out.grad = torch::autograd::grad({values}, {u}, {weights.to(values.options())})[0];  // (n, W)
+  return out;
 }
 
 DistillTerm sparse_distillation_loss(const torch::Tensor& student_logits, const torch::Tensor& mask,

@@ -58,6 +58,18 @@ SparseTeacherRows rescale_temperature(const SparseTeacherRows& rows, double tau,
 torch::Tensor sparse_row_divergence(const torch::Tensor& student_rows, const SparseTeacherRows& teacher,
                                     const SparseDivergenceOptions& opts);
 
+// Rows [start, start + n) of a sparse teacher.
+SparseTeacherRows slice_rows(const SparseTeacherRows& rows, int64_t start, int64_t n);
+
+// The same rows placed at `positions` (N) int64 of `total` rows; the other rows hold a placeholder
+// (all mass on id 0) for callers that compute them but give them zero weight.
+SparseTeacherRows scatter_rows(const SparseTeacherRows& rows, const torch::Tensor& positions, int64_t total);
+
+// The chunk form for loops that own the chunking (head-loss.h): z (n, W) fp32 raw student logits;
+// the gradient comes from autograd over this chunk only (the bucketed tensors are small next to z).
+ChunkGrad sparse_divergence_chunk(const torch::Tensor& z, const SparseTeacherRows& teacher,
+                                  const SparseDivergenceOptions& opts, const torch::Tensor& weights);
+
 // The pred term like distillation_loss: student logits (B, T, Vs), mask (B, T) bool with exactly N
 // true entries whose row-major order matches the teacher rows, optional sample weights (B).
 DistillTerm sparse_distillation_loss(const torch::Tensor& student_logits, const torch::Tensor& mask,

@@ -159,7 +159,11 @@ ForwardOutput TransformerImpl::finish(ForwardState& state) {
   state.x = torch::Tensor();
   ForwardOutput out = std::move(state.out);
   if (state.options.hidden_states) out.hidden_states.push_back(x);
-  if (state.options.logits) out.logits = F::linear(x, lm_head_weight());  // (B, T, V)
+  if (state.options.logits) {
+    out.logits = F::linear(x, lm_head_weight());  // (B, T, V)
+  } else {
+    out.final_hidden = x;
+  }
   return out;
 }
 

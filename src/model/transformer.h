@@ -29,7 +29,7 @@ struct ForwardOptions {
   bool hidden_states = false;  // keep N + 1 hidden states (embeddings, each layer, final norm)
   bool router_logits = false;  // keep per-layer router logits (MoE)
   bool mlp_inputs = false;     // keep per-layer MLP/MoE inputs (post_attention_layernorm outputs)
-  bool logits = true;          // false: skip the LM head (callers that only need hidden states)
+  bool logits = true;          // false: skip the LM head; final_hidden holds its input (the fused head)
   KVCache* cache = nullptr;
   // Called per layer with its attention probabilities (B, H, T, S) instead of keeping them all:
   // attention KD reads one layer at a time and never holds every map at once.
@@ -46,6 +46,7 @@ struct LayerContext {
 
 struct ForwardOutput {
   torch::Tensor logits;                     // (B, T, V)
+  torch::Tensor final_hidden;               // (B, T, D) final-norm output, when logits = false
   std::vector<torch::Tensor> attentions;    // N x (B, H, T, S)
   std::vector<torch::Tensor> hidden_states; // (N + 1) x (B, T, D)
   std::vector<torch::Tensor> router_logits; // N x (B*T, E)

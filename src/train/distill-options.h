@@ -69,6 +69,7 @@ struct DistillOptions {
   std::string hidden_loss = "mse";  // mse | cosine
   std::vector<int64_t> layer_map;   // teacher layer for each student layer; empty = 1:1 or uniform spread
   int64_t kd_chunk_tokens = 0;      // 0 = automatic
+  bool fused_lm_head = true;        // LM heads inside the chunked loss (distill/head-loss.h)
 
   // MoE students.
   double router_aux_loss_coef = -1;  // load-balancing loss weight; < 0 = the student config's router_aux_loss_coef

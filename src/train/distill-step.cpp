@@ -104,6 +104,7 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
     opts.position_ids = positions.to(teacher.device).index_select(0, rows_t);
     if (segments.defined()) opts.segment_ids = segments.to(teacher.device).index_select(0, rows_t);
     opts.hidden_states = need_hidden;
+    opts.logits = !s.fused_head;
     torch::NoGradGuard no_grad;
     auto teacher_ids = ids.to(teacher.device).index_select(0, rows_t);  // (b, T)
     if (need_attn) {
@@ -120,6 +121,7 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
   student_opts.position_ids = positions;
   student_opts.segment_ids = segments;
   student_opts.hidden_states = need_hidden;
+  student_opts.logits = !s.fused_head;
   student_opts.router_logits = s.student->config().is_moe();
   if (need_attn) {
     student_opts.on_attention = [&](int64_t layer, const torch::Tensor& probs) {
@@ -150,7 +152,12 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
   }
 
   distill::KdBatch kd;
-  kd.student_logits = student_out.logits;
+  if (s.fused_head) {
+    kd.student_hidden = student_out.final_hidden;
+    kd.student_head = s.student->lm_head_weight();
+  } else {
+    kd.student_logits = student_out.logits;
+  }
   kd.labels = labels;
   kd.token_mask = token_mask;
   kd.sample_weights = batch.weight.to(dev);
@@ -163,6 +170,9 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
     if (teacher.cache) {
       part.sparse = teacher.cache->rows_for(mb.row_samples, batch, dev);
       part.is_sparse = true;
+    } else if (s.fused_head) {
+      part.hidden = t.out.final_hidden;
+      part.head = teacher.model->lm_head_weight();
     } else {
       part.logits = t.out.logits.to(dev);
     }

@@ -29,6 +29,9 @@ struct StepSetup {
   torch::Device device = torch::kCPU;
   torch::ScalarType compute_dtype = torch::kFloat32;  // autocast dtype when not float32
   bool packing = false;
+  // The LM heads run inside the chunked loss (distill/head-loss.h): no (B, T, V) logits of the student
+  // or of live teachers. false materialises them (the reference path, for comparisons).
+  bool fused_head = true;
   double router_aux_coef = 0.0, router_z_coef = 0.0;
   // false when lambda = 0 (CE-only training): the teachers are not run at all. Evaluation sets it.
   bool run_teachers = true;

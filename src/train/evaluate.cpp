@@ -48,6 +48,7 @@ Scalars evaluate(StepSetup setup, const data::Dataset& ds, const EvalOptions& o)
   setup.run_teachers = true;
   setup.objective.divergence.kind = distill::Divergence::ForwardKL;
   setup.objective.divergence.temperature = 1.0;
+  setup.objective.ce_share = setup.objective.kd_share = 1.0;
 
   Scalars out;
   Totals all;

@@ -234,19 +234,20 @@ double to_double(const torch::Tensor& t) { return t.defined() ? t.detach().to(to
 // Forward + backward of one optimizer step's micro-batches; each contributes its share of the
 // step's global token means, so the gradient equals one big batch's.
 void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
-  const double lambda = r.o.lambda_param;
   const bool by_sequence = r.setup.objective.divergence.normalization == distill::Normalization::SequenceMean;
+  auto& objective = r.setup.objective;
   for (const auto& mb : batches.micro) {
+    // This micro-batch's share of the step's token means, known before its forward: the fused head
+    // computes the gradient of the weighted total in forward.
+    const int64_t ce_n = mb.batch.labels.ne(-100).sum().item<int64_t>();
+    const auto kd_mask = distill::supervised_mask(mb.batch.labels, mb.batch.token_mask, objective.alignment);
+    const int64_t kd_n = by_sequence ? kd_mask.any(1).sum().item<int64_t>() : kd_mask.sum().item<int64_t>();
+    objective.ce_share = batches.ce_tokens > 0 ? static_cast<double>(ce_n) / batches.ce_tokens : 0.0;
+    objective.kd_share = batches.kd_tokens > 0 ? static_cast<double>(kd_n) / batches.kd_tokens : 0.0;
     StepResult res = compute_step(r.setup, mb);
     const auto& t = res.terms;
     distill::check_finite(t, step);
-    const int64_t kd_n = by_sequence ? distill::supervised_mask(mb.batch.labels, mb.batch.token_mask, r.setup.objective.alignment).any(1).sum().item<int64_t>()
-                                     : t.supervised_tokens;
-    const double f_ce = batches.ce_tokens > 0 ? static_cast<double>(t.ce_tokens) / batches.ce_tokens : 0.0;
-    const double f_kd = batches.kd_tokens > 0 ? static_cast<double>(kd_n) / batches.kd_tokens : 0.0;
-    torch::Tensor loss = t.ce * ((1 - lambda) * f_ce) +
-                         (t.pred_layer_loss + t.attention_loss * r.o.attn_weight + t.hidden_loss * r.o.hidden_weight) *
-                             (lambda * f_kd);
+    torch::Tensor loss = t.total;
     if (res.router_loss.defined()) loss = loss + res.router_loss / static_cast<double>(batches.micro.size());
     if (loss.requires_grad()) loss.backward();
     w.loss += to_double(loss);
