@@ -158,7 +158,7 @@ void set_teachers(DistillOptions& d, const YAML::Node& n, const Origin& o) {
     d.teachers.clear();
     return;
   }
-  if (!n.IsMap()) type_error(o, n, key, "a mapping {domain: path or {path, temperature, weight}}");
+  if (!n.IsMap()) type_error(o, n, key, "a mapping {domain: path or {path | cache, temperature, weight}}");
   std::map<std::string, TeacherSpec> out;
   for (const auto& entry : n) {
     const std::string domain = entry.first.as<std::string>();
@@ -173,15 +173,17 @@ void set_teachers(DistillOptions& d, const YAML::Node& n, const Origin& o) {
         const std::string f = field.first.as<std::string>();
         if (f == "path")
           t.path = as_string(field.second, sub + ".path", o);
+        else if (f == "cache")
+          t.cache = as_string(field.second, sub + ".cache", o);
         else if (f == "temperature")
           t.temperature = as_float(field.second, sub + ".temperature", o);
         else if (f == "weight")
           t.weight = as_float(field.second, sub + ".weight", o);
         else
-          fail(o.at(field.first), ": unknown key '", sub, ".", f, "' (expected path, temperature, weight)");
+          fail(o.at(field.first), ": unknown key '", sub, ".", f, "' (expected path, cache, temperature, weight)");
       }
     } else {
-      type_error(o, v, sub, "a path or {path, temperature, weight}");
+      type_error(o, v, sub, "a path or {path | cache, temperature, weight}");
     }
     out[domain] = t;
   }
@@ -192,7 +194,7 @@ std::string show_teachers(const DistillOptions& d) {
   if (d.teachers.empty()) return "{}";
   std::string s = "{";
   for (const auto& [domain, t] : d.teachers)
-    s += (s.size() > 1 ? ", " : "") + domain + ": {path: " + t.path + ", temperature: " + fmt_float(t.temperature) +
+    s += (s.size() > 1 ? ", " : "") + domain + (t.cache.empty() ? ": {path: " + t.path : ": {cache: " + t.cache) + ", temperature: " + fmt_float(t.temperature) +
          ", weight: " + fmt_float(t.weight) + "}";
   return s + "}";
 }
@@ -312,7 +314,7 @@ const std::vector<Key>& key_table() {
     t.push_back(not_for_resume(int_key(dv, "threads", &D::threads, "CPU threads; 0 = all cores.")));
 
     t.push_back(string_key(da, "domain_model_path", &D::domain_model_path, "The domain expert teacher (with target_model_path as the general one)."));
-    t.push_back(Key{"teachers", "mapping", da, "{domain: path} or {domain: {path, temperature, weight}}; a teacher without a temperature uses `temperature`. Replaces target_model_path + domain_model_path.", set_teachers, show_teachers});
+    t.push_back(Key{"teachers", "mapping", da, "{domain: path} or {domain: {path | cache, temperature, weight}}; `cache` is a `kdae teacher-cache` directory of that teacher (no attention/hidden KD, no eval during training); a teacher without a temperature uses `temperature`. Replaces target_model_path + domain_model_path.", set_teachers, show_teachers});
     t.push_back(float_key(da, "domain_fraction", &D::domain_fraction, "Share of domain samples in each epoch's order."));
     t.push_back(enum_key(da, "on_missing_domain", &D::on_missing_domain, {"error", "skip"}, "A sample whose domain has no teacher: stop with an error, or skip it."));
     return t;

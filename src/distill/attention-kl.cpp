@@ -1,12 +1,56 @@
 // Dimension legend: B = batch, T = time, Hs/Ht = student/teacher heads, N = supervised query rows.
 #include "distill/attention-kl.h"
 
+#include <torch/autograd.h>
+
 #include <set>
 
 #include "common/error.h"
 #include "distill/tensor-text.h"
 
 namespace kdae::distill {
+
+namespace {
+
+// sum over rows, heads and causal keys of A_T (log A_T - log max(A_S, floor)). Autograd through the
+// plain expression would keep about four (N, H, T) fp32 tensors per layer until backward (the
+// selected rows, the clamp, the log, the teacher rows); this keeps one, the gradient
+// -A_T / A_S (0 where A_S < floor or beyond the causal prefix), computed in forward.
+struct AttentionRowsKL : torch::autograd::Function<AttentionRowsKL> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& student_attn,
+                               const torch::Tensor& teacher_rows, const torch::Tensor& b, const torch::Tensor& i,
+                               double log_floor) {
+    using torch::indexing::Slice;
+    const int64_t time = student_attn.size(3);
+    auto a_s = student_attn.index({b, Slice(), i}).to(torch::kFloat32);  // (N, Hs, T)
+    auto keys = torch::arange(time, i.options());                          // (T)
+    auto causal = (keys.unsqueeze(0) <= i.unsqueeze(1)).unsqueeze(1);      // (N, 1, T)
+    auto kept = a_s >= log_floor;                                          // (N, Hs, T) clamp passes the gradient
+    auto term = at::xlogy(teacher_rows, teacher_rows) - teacher_rows * a_s.clamp_min(log_floor).log();  // (N, Hs, T)
+    auto sum = at::where(causal, term, at::zeros_like(term)).sum();        // ()
+    if (student_attn.requires_grad()) {
+      auto grad = at::where(causal & kept, -teacher_rows / a_s.clamp_min(log_floor), at::zeros_like(a_s));  // (N, Hs, T)
+      ctx->saved_data["grad"] = grad;
+      ctx->saved_data["shape"] = student_attn.sizes().vec();
+      ctx->saved_data["dtype"] = static_cast<int64_t>(student_attn.scalar_type());
+      ctx->save_for_backward({b, i});
+    }
+    return sum;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    using torch::indexing::Slice;
+    auto saved = ctx->get_saved_variables();
+    auto rows_grad = ctx->saved_data["grad"].toTensor() * grads[0];  // (N, Hs, T)
+    const auto dtype = static_cast<torch::ScalarType>(ctx->saved_data["dtype"].toInt());
+    auto full = torch::zeros(ctx->saved_data["shape"].toIntVector(), rows_grad.options().dtype(dtype));  // (B, Hs, T, T)
+    full.index_put_({saved[0], Slice(), saved[1]}, rows_grad.to(dtype));
+    return {full, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
 
 LayerPairs uniform_layer_map(int64_t student_layers, int64_t teacher_layers) {
   if (student_layers <= 0 || teacher_layers <= 0)
@@ -57,14 +101,9 @@ LossSum attention_kl_layer(const torch::Tensor& student_attn, const torch::Tenso
   auto i = rows - b * time;                                                              // (N)
   using torch::indexing::Slice;
   // Advanced indices on dims 0 and 2 with a slice between put N first: only the rows are copied.
-  auto a_s = student_attn.index({b, Slice(), i}).to(torch::kFloat32);                    // (N, Hs, T)
   auto a_t = teacher_attn.detach().index({b, Slice(), i}).to(torch::kFloat32);           // (N, Ht, T)
   a_t = group_teacher_heads(a_t, heads);                                                 // (N, Hs, T)
-  auto keys = torch::arange(time, rows.options());                                       // (T)
-  auto causal = (keys.unsqueeze(0) <= i.unsqueeze(1)).unsqueeze(1);                      // (N, 1, T)
-  auto term = at::xlogy(a_t, a_t) - a_t * a_s.clamp_min(opts.log_floor).log();          // (N, Hs, T)
-  auto sum = at::where(causal, term, at::zeros_like(term)).sum();                        // ()
-  return {sum, rows.size(0) * heads};
+  return {AttentionRowsKL::apply(student_attn, a_t, b, i, opts.log_floor), rows.size(0) * heads};
 }
 
 }  // namespace kdae::distill

@@ -11,8 +11,9 @@
 // of A_T (log A_T - log floor) and no gradient through that entry, instead of +inf / NaN.
 //
 // Call attention_kl_layer (or AttentionKL::add_layer) once per mapped layer right after that layer
-// has produced both maps, then let the maps go: only the (sum, count) and the small selected-rows
-// graph (N x H x T per layer) stay alive, never every layer's B x H x T x T map.
+// has produced both maps, then let the maps go: only the (sum, count) and one N x H x T fp32 tensor per
+// layer (the gradient wrt the student's rows, computed in forward) stay alive, never every layer's
+// B x H x T x T map.
 #pragma once
 #include <torch/types.h>
 

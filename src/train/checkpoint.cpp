@@ -169,6 +169,7 @@ static std::string ordered_dump(const TrainerState& s) {
   j["rng"]["cuda"] = nlohmann::ordered_json::array();
   for (const auto& c : s.cuda_rng_states) j["rng"]["cuda"].push_back(base64_encode(c));
   j["metrics_tail"] = nlohmann::ordered_json::parse(s.metrics_tail.dump());
+  j["log_window"] = nlohmann::ordered_json::parse(s.log_window.dump());
   return j.dump(2) + "\n";
 }
 
@@ -195,6 +196,7 @@ TrainerState trainer_state_from_json(const nlohmann::json& j, const fs::path& pa
     for (const auto& c : j.at("rng").at("cuda")) s.cuda_rng_states.push_back(base64_decode(c.get<std::string>()));
     s.config_hash = j.at("config_hash").get<std::string>();
     s.metrics_tail = j.value("metrics_tail", nlohmann::json::array());
+    s.log_window = j.value("log_window", nlohmann::json::object());
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": damaged trainer state (", e.what(), "); delete this checkpoint directory to resume from the "
          "previous one");

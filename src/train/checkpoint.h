@@ -38,6 +38,9 @@ struct TrainerState {
   std::vector<std::string> cuda_rng_states;  // one per CUDA device, empty without CUDA
   std::string config_hash;     // of the run options that must not change across a resume
   nlohmann::json metrics_tail = nlohmann::json::array();  // last few logged metric objects
+  // Sums of the logging window still open at this step (its steps are not logged yet), so a resumed
+  // run logs the same window averages as an uninterrupted one.
+  nlohmann::json log_window = nlohmann::json::object();
 };
 
 // Reads the default CPU (and every CUDA) generator's state into state, and restores it.

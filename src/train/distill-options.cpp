@@ -18,6 +18,17 @@ void one_of(const std::string& key, const std::string& value, const std::set<std
   fail("config key '", key, "' = '", value, "': must be one of ", list);
 }
 
+// What a run whose teacher signal comes from a teacher cache cannot do.
+void check_cache_setting(const DistillOptions& o) {
+  if (o.attn_weight > 0 || o.hidden_weight > 0)
+    fail("config: attention and hidden-state KD need the live teacher; set attn_weight: 0 and hidden_weight: 0 "
+         "to train from a teacher cache");
+  if (o.label_alignment != "shifted") fail("config: a teacher cache stores the shifted positions; use label_alignment: shifted");
+  if (!o.eval_data_path.empty())
+    fail("config: evaluation during a teacher-cache run is not supported (it needs the live teacher); "
+         "leave eval_data_path empty and run kdae eval --teacher DIR afterwards");
+}
+
 }  // namespace
 
 void validate_distill_options(DistillOptions& o, RunKind kind) {
@@ -77,13 +88,7 @@ void validate_distill_options(DistillOptions& o, RunKind kind) {
 
   if (kind == RunKind::distill) {
     if (!o.teacher_cache.empty()) {
-      if (o.attn_weight > 0 || o.hidden_weight > 0)
-        fail("config: attention and hidden-state KD need the live teacher; set attn_weight: 0 and hidden_weight: 0 "
-             "to train from teacher_cache");
-      if (o.label_alignment != "shifted") fail("config: teacher_cache stores the shifted positions; use label_alignment: shifted");
-      if (!o.eval_data_path.empty())
-        fail("config: evaluation during a teacher_cache run is not supported (it needs the live teacher); "
-             "leave eval_data_path empty and run kdae eval --teacher DIR afterwards");
+      check_cache_setting(o);
     } else {
       required("target_model_path (or teacher_cache)", o.target_model_path);
     }
@@ -102,12 +107,16 @@ void validate_distill_options(DistillOptions& o, RunKind kind) {
   } else if (!o.target_model_path.empty() || !o.domain_model_path.empty()) {
     fail("config: give either 'teachers' or target_model_path + domain_model_path, not both");
   }
+  bool any_cache = false;
   for (auto& [domain, t] : o.teachers) {
     if (t.temperature == 0) t.temperature = o.temperature;
-    if (t.path.empty()) fail("config key 'teachers.", domain, ".path' is required");
+    if (t.path.empty() == t.cache.empty())
+      fail("config key 'teachers.", domain, "' needs exactly one of path (a model) and cache (a kdae teacher-cache directory)");
+    any_cache = any_cache || !t.cache.empty();
     if (!(t.temperature > 0)) fail("config key 'teachers.", domain, ".temperature' must be > 0");
     if (!(t.weight >= 0)) fail("config key 'teachers.", domain, ".weight' must be >= 0");
   }
+  if (any_cache) check_cache_setting(o);
 }
 
 }  // namespace kdae::train

@@ -16,6 +16,7 @@ struct TeacherSpec {
   std::string path;
   double temperature = 0.0;  // 0 = the run's temperature (filled in by validate_distill_options)
   double weight = 1.0;       // multiplies this teacher's KD term
+  std::string cache;         // a `kdae teacher-cache` directory instead of the model at path
 };
 
 struct DistillOptions {

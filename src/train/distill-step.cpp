@@ -95,10 +95,7 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
   // Teachers start (attention KD: only embed, the student drives them) or run whole.
   for (auto& t : live) {
     Teacher& teacher = s.teachers->at(t.index);
-    if (teacher.cache) {
-      if (live.size() != 1) fail("a teacher cache must serve every row of a micro-batch");
-      continue;
-    }
+    if (teacher.cache) continue;
     auto rows_t = torch::tensor(t.rows, torch::kInt64).to(teacher.device);
     model::ForwardOptions opts;
     opts.position_ids = positions.to(teacher.device).index_select(0, rows_t);
@@ -168,7 +165,9 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
     distill::TeacherPart part{t.rows_on_student, torch::Tensor(), s.temperature_override.value_or(teacher.temperature),
                               teacher.weight};
     if (teacher.cache) {
-      part.sparse = teacher.cache->rows_for(mb.row_samples, batch, dev);
+      std::vector<std::vector<size_t>> samples;  // of this teacher's rows
+      for (int64_t r : t.rows) samples.push_back(mb.row_samples.at(static_cast<size_t>(r)));
+      part.sparse = teacher.cache->rows_for(samples, batch.labels.index_select(0, t.rows_on_student.cpu()), dev);
       part.is_sparse = true;
     } else if (s.fused_head) {
       part.hidden = t.out.final_hidden;

@@ -81,8 +81,7 @@ const io::TeacherShard& TeacherCache::shard_of(size_t sample) const {
 }
 
 distill::SparseTeacherRows TeacherCache::rows_for(const std::vector<std::vector<size_t>>& row_samples,
-                                                  const data::Batch& batch, torch::Device device) const {
-  const auto& labels = batch.labels;  // (B, T)
+                                                  const torch::Tensor& labels, torch::Device device) const {
   if (!labels.defined() || labels.dim() != 2 || labels.size(0) != static_cast<int64_t>(row_samples.size()))
     fail("teacher cache rows_for: ", row_samples.size(), " row sample lists for a batch of labels ",
          labels.defined() ? labels.sizes() : c10::IntArrayRef{});

@@ -56,13 +56,13 @@ class TeacherCache {
   double capture_temperature() const { return header_.temperature; }
   int64_t top_k() const { return header_.top_k; }
 
-  // The teacher rows of a micro-batch: row_samples[b] = the dataset samples packed in batch row b,
-  // in order (train::MicroBatch::row_samples). Rows come in the row-major order of
-  // batch.labels != -100; per batch row the cached row counts must equal the batch's supervised
+  // The teacher rows of (some rows of) a micro-batch: row_samples[b] = the dataset samples packed in
+  // batch row b, in order (train::MicroBatch::row_samples), labels (b, T) those rows' labels. Rows
+  // come in the row-major order of labels != -100; per batch row the cached row counts must equal the batch's supervised
   // positions (an error naming the row and samples otherwise, e.g. a dataset that changed).
   // ids (N, k) int64, logprobs (N, k) fp32, tail (N) fp32 on `device`; temperature = tau_c.
   distill::SparseTeacherRows rows_for(const std::vector<std::vector<size_t>>& row_samples,
-                                      const data::Batch& batch, torch::Device device) const;
+                                      const torch::Tensor& labels, torch::Device device) const;
 
  private:
   const io::TeacherShard& shard_of(size_t sample) const;

@@ -39,20 +39,28 @@ void check_same_tokenizer(const tok::Tokenizer& student, const std::string& stud
 TeacherSet::TeacherSet(const DistillOptions& o, RunKind kind, const tok::Tokenizer& student_tokenizer,
                        const model::ModelConfig& student_config) {
   std::vector<Teacher> specs;
-  if (kind == RunKind::distill && !o.teacher_cache.empty()) {
-    Teacher t{"*", o.teacher_cache, o.temperature, 1.0};
-    t.cache = std::make_shared<TeacherCache>(TeacherCache::open(o.teacher_cache));
+  auto add_cache = [&](const std::string& domain, const std::string& dir, double temperature, double weight) {
+    Teacher t{domain, dir, temperature, weight, nullptr, nullptr};
+    t.cache = std::make_shared<TeacherCache>(TeacherCache::open(dir));
     if (!t.cache->complete())
-      fail("teacher cache ", o.teacher_cache, " covers ", t.cache->samples_covered(), " of ",
-           t.cache->header().dataset_samples, " samples; finish it with kdae teacher-cache (it resumes)");
-    by_domain_["*"] = 0;
+      fail("teacher cache ", dir, " covers ", t.cache->samples_covered(), " of ", t.cache->header().dataset_samples,
+           " samples; finish it with kdae teacher-cache (it resumes)");
+    by_domain_[domain] = static_cast<int>(teachers_.size());
     teachers_.push_back(std::move(t));
+  };
+  if (kind == RunKind::distill && !o.teacher_cache.empty()) {
+    add_cache("*", o.teacher_cache, o.temperature, 1.0);
     return;
   }
   if (kind == RunKind::distill) {
-    specs.push_back(Teacher{"*", o.target_model_path, o.temperature, 1.0});
+    specs.push_back(Teacher{"*", o.target_model_path, o.temperature, 1.0, nullptr, nullptr});
   } else {
-    for (const auto& [domain, spec] : o.teachers) specs.push_back(Teacher{domain, spec.path, spec.temperature, spec.weight});
+    for (const auto& [domain, spec] : o.teachers) {
+      if (spec.cache.empty())
+        specs.push_back(Teacher{domain, spec.path, spec.temperature, spec.weight, nullptr, nullptr});
+      else
+        add_cache(domain, spec.cache, spec.temperature, spec.weight);
+    }
   }
   const auto device = parse_device(o.teacher_device);
   const auto dtype = parse_dtype(o.teacher_dtype);
@@ -107,12 +115,13 @@ std::string TeacherSet::describe() const {
   std::ostringstream s;
   for (size_t i = 0; i < teachers_.size(); ++i) {
     const auto& t = teachers_[i];
+    if (i) s << "; ";
     if (t.cache) {
-      s << "teacher cache " << t.path << " (top-" << t.cache->top_k() << " log-probs + tail mass, captured at temperature "
+      s << "teacher cache " << (t.name == "*" ? std::string() : t.name + " = ") << t.path << " (top-" << t.cache->top_k() << " log-probs + tail mass, captured at temperature "
         << t.cache->capture_temperature() << "; no teacher model loaded)";
       continue;
     }
-    s << (i ? "; " : "") << "teacher " << (t.name == "*" ? std::string("(all samples)") : t.name) << " = " << t.path
+    s << "teacher " << (t.name == "*" ? std::string("(all samples)") : t.name) << " = " << t.path
       << " on " << t.device.str() << " (" << dtype_name(t.model->parameters().front().scalar_type())
       << ", all teachers resident, no autograd)";
   }

@@ -193,6 +193,26 @@ struct Window {
   Scalars router_stats;  // MoE load figures of the window's last micro-batch
 };
 
+// The window's sums for a checkpoint (the MoE figures of its last micro-batch are not kept: the next
+// micro-batch replaces them).
+nlohmann::json window_to_json(const Window& w) {
+  nlohmann::json per_teacher = nlohmann::json::array();
+  for (const auto& [teacher, sum] : w.per_teacher) per_teacher.push_back({teacher, sum.first, sum.second});
+  return {{"loss", w.loss}, {"ce", w.ce}, {"kd", w.kd}, {"attn", w.attn}, {"hidden", w.hidden},
+          {"router", w.router}, {"ce_tokens", w.ce_tokens}, {"kd_tokens", w.kd_tokens}, {"steps", w.steps},
+          {"tokens", w.tokens}, {"seconds", w.seconds}, {"per_teacher", per_teacher}};
+}
+
+Window window_from_json(const nlohmann::json& j) {
+  Window w;
+  if (!j.is_object() || j.empty()) return w;
+  w.loss = j.at("loss"), w.ce = j.at("ce"), w.kd = j.at("kd"), w.attn = j.at("attn"), w.hidden = j.at("hidden");
+  w.router = j.at("router"), w.ce_tokens = j.at("ce_tokens"), w.kd_tokens = j.at("kd_tokens");
+  w.steps = j.at("steps"), w.tokens = j.at("tokens"), w.seconds = j.at("seconds");
+  for (const auto& e : j.at("per_teacher")) w.per_teacher[e.at(0).get<int>()] = {e.at(1).get<double>(), e.at(2).get<int64_t>()};
+  return w;
+}
+
 // Per MoE layer: the least-loaded expert's share of assignments (0 = collapsed) and the router entropy.
 Scalars router_figures(const StepResult& res, int64_t top_k) {
   Scalars out;
@@ -377,6 +397,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
 
   int64_t step = 0;
   std::optional<int64_t> resume_step;
+  nlohmann::json resumed_window;
   if (resuming) {
     fs::path dir = o.resume_from_checkpoint;
     if (o.resume_from_checkpoint == "latest") {
@@ -394,6 +415,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     stream.seek(ckpt.state.sampler);
     step = ckpt.state.step;
     resume_step = step;
+    resumed_window = ckpt.state.log_window;
     std::cerr << "resuming from " << dir.string() << " at step " << step << "\n";
   }
 
@@ -418,7 +440,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
   bar.set_step(step);
   TrainSummary summary;
   nlohmann::json tail = nlohmann::json::array();
-  Window window;
+  Window window = window_from_json(resumed_window);
   auto save = [&] {
     TrainerState state;
     state.step = step;
@@ -427,6 +449,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     state.scheduler_step = step;
     state.config_hash = config_hash;
     state.metrics_tail = tail;
+    state.log_window = window_to_json(window);
     capture_rng_states(state);
     NamedTensors model_tensors = checkpoint_model_tensors(r);
     NamedTensors opt_state = optimizer.state();

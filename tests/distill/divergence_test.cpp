@@ -104,6 +104,35 @@ TEST(AttentionKL, LayerMapAndHeadGrouping) {
   }
 }
 
+TEST(AttentionKL, ValueAndGradientEqualTheFormulaByAutograd) {
+  torch::manual_seed(3);
+  const int64_t B = 2, Hs = 2, Ht = 4, T = 6;
+  auto causal = torch::ones({T, T}, torch::kBool).tril();                            // (T, T)
+  auto masked = [&](const torch::Tensor& x) { return x.masked_fill(causal.logical_not(), -1e30); };
+  auto scores = (torch::randn({B, Hs, T, T}) * 4).requires_grad_(true);              // (B, Hs, T, T)
+  auto teacher = torch::softmax(masked(torch::randn({B, Ht, T, T}) * 4), -1);         // (B, Ht, T, T)
+  auto query = torch::tensor({{0, 1, 1, 0, 1, 1}, {1, 0, 0, 1, 1, 0}}, torch::kBool);  // (B, T)
+  AttentionKLOptions opts;
+  opts.log_floor = 1e-3;  // large enough that some student entries fall below it
+  auto probs = torch::softmax(masked(scores), -1);
+  auto fused = attention_kl_layer(probs, teacher, query, opts);
+  fused.sum.backward();
+  auto fused_grad = scores.grad().clone();
+  scores.mutable_grad().zero_();
+  // The formula by plain autograd over the full maps.
+  auto probs2 = torch::softmax(masked(scores), -1);                                    // (B, Hs, T, T)
+  auto t = teacher.reshape({B, Hs, Ht / Hs, T, T}).mean(2);                            // (B, Hs, T, T)
+  auto term = at::xlogy(t, t) - t * probs2.clamp_min(opts.log_floor).log();            // (B, Hs, T, T)
+  auto keep = query.unsqueeze(1).unsqueeze(3) & causal;                               // (B, 1, T, T)
+  auto expected = at::where(keep, term, at::zeros_like(term)).sum();
+  expected.backward();
+  EXPECT_EQ(fused.count, query.sum().item<int64_t>() * Hs);
+  EXPECT_NEAR(fused.sum.item<double>(), expected.item<double>(), 1e-5);
+  EXPECT_GT((probs2 < opts.log_floor).logical_and(causal).sum().item<int64_t>(), 0);  // the floor is exercised
+  EXPECT_TRUE(torch::allclose(fused_grad, scores.grad(), 1e-5, 1e-6))
+      << (fused_grad - scores.grad()).abs().max().item<double>();
+}
+
 TEST(KdObjective, CheckFiniteNamesTheStepAndTerm) {
   KdTerms terms;
   terms.total = torch::tensor(1.0f);

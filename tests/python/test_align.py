@@ -115,3 +115,33 @@ def test_bad_domain_setups_fail_clearly(world, tmp_path):
     proc = run("align", "--config", align_config(tmp_path / "d.yaml", world, tmp_path / "d", domain_model_path=str(other)),
                check=False)
     assert proc.returncode == 1 and "different tokenizers" in proc.stderr
+
+
+def test_per_domain_teacher_caches_match_the_live_teachers(world, tmp_path):
+    """teachers: {general: {cache}, domain: {cache}}: each domain's rows read their own teacher's cache.
+    At k = V (16-bit log-probs) the loss curve, the per-domain KD terms and CE equal the live run's up
+    to the codec's quantization; a cache teacher with attention KD is refused."""
+    common = dict(max_steps=4, learning_rate=1e-2, temperature=1.5)
+    run("align", "--config", align_config(tmp_path / "live.yaml", world, tmp_path / "live", **common))
+    live = metrics(tmp_path / "live")
+    vocab = len(json.loads((pathlib.Path(world["teacher"]) / "tokenizer.json").read_text())["model"]["vocab"])
+    caches = {}
+    for name, teacher in (("general", world["teacher"]), ("domain", world["expert"])):
+        caches[name] = tmp_path / f"cache-{name}"
+        cfg = align_config(tmp_path / f"capture-{name}.yaml", world, tmp_path / f"capture-{name}", **common)
+        run("teacher-cache", "--config", cfg, "--teacher", teacher, "--top-k", vocab, "--logprob-bits", 16,
+            "--out", caches[name])
+    teachers = {name: {"cache": str(d)} for name, d in caches.items()}
+    cfg = write_config(tmp_path / "cached.yaml", world, tmp_path / "cached", target_model_path="", teachers=teachers,
+                       training_data_path=world["mixed.jsonl"], domain_fraction=0.3, **common)
+    proc = run("align", "--config", cfg)
+    assert "teacher cache domain = " in proc.stderr
+    cached = metrics(tmp_path / "cached")
+    assert len(cached) == len(live) == 4
+    for a, b in zip(live, cached):
+        for key in ("train/kd_loss", "train/ce_loss", "train/domain/kd_loss", "train/general/kd_loss"):
+            assert b[key] == pytest.approx(a[key], rel=2e-3), (a["step"], key)
+    cfg = write_config(tmp_path / "attn.yaml", world, tmp_path / "attn", target_model_path="", teachers=teachers,
+                       training_data_path=world["mixed.jsonl"], domain_fraction=0.3, attn_weight=1.0, **common)
+    refused = run("align", "--config", cfg, check=False)
+    assert refused.returncode == 1 and "need the live teacher" in refused.stderr

@@ -101,20 +101,25 @@ def test_kd_beats_ce_only_on_heldout(world, tmp_path):
     assert kd_ce < ce_ce < initial[0]
 
 
-def test_resume_after_kill_reproduces_the_loss_curve(world, tmp_path):
-    common = dict(max_steps=24, save_steps=4, save_total_limit=2, learning_rate=1e-2, warmup_steps=3,
-                  lr_scheduler="cosine", weight_decay=0.1, gradient_accumulation_steps=2, train_batch_size=4)
-    run("distill", "--config", write_config(tmp_path / "a.yaml", world, tmp_path / "a", **common))
-    cfg = write_config(tmp_path / "b.yaml", world, tmp_path / "b", **common)
+def kill_after_then_resume(cfg, out, checkpoint):
+    """Runs kdae distill on cfg, kill -9s it once out/checkpoint exists, then resumes it to the end."""
     proc = subprocess.Popen([KDAE, "distill", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (tmp_path / "b" / "checkpoint-8").exists() and proc.poll() is None and time.time() < deadline:
+    while not (out / checkpoint).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (tmp_path / "b" / "model").exists()
+    assert not (out / "model").exists()
     run("distill", "--config", cfg, "--resume")
+
+
+def test_resume_after_kill_reproduces_the_loss_curve(world, tmp_path):
+    common = dict(max_steps=24, save_steps=4, save_total_limit=2, learning_rate=1e-2, warmup_steps=3,
+                  lr_scheduler="cosine", weight_decay=0.1, gradient_accumulation_steps=2, train_batch_size=4)
+    run("distill", "--config", write_config(tmp_path / "a.yaml", world, tmp_path / "a", **common))
+    kill_after_then_resume(write_config(tmp_path / "b.yaml", world, tmp_path / "b", **common), tmp_path / "b",
+                           "checkpoint-8")
     a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert [m["step"] for m in b] == list(range(1, 25))
     for ma, mb in zip(a, b):
@@ -125,6 +130,21 @@ def test_resume_after_kill_reproduces_the_loss_curve(world, tmp_path):
         torch.testing.assert_close(sb[k], sa[k], rtol=1e-6, atol=1e-7)
     ckpts = sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*"))
     assert ckpts == ["checkpoint-20", "checkpoint-24"]
+
+
+def test_resume_inside_a_logging_window_logs_the_same_averages(world, tmp_path):
+    # Checkpoints every 4 steps, logs every 3: the run resumed at step 4 must fold steps 4 (before the
+    # kill) and 5-6 (after it) into the one window logged at step 6.
+    common = dict(max_steps=9, save_steps=4, logging_steps=3, learning_rate=1e-2, train_batch_size=4)
+    run("distill", "--config", write_config(tmp_path / "a.yaml", world, tmp_path / "a", **common))
+    kill_after_then_resume(write_config(tmp_path / "b.yaml", world, tmp_path / "b", **common), tmp_path / "b",
+                           "checkpoint-4")
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [m["step"] for m in a] == [3, 6, 9]
+    assert [m["step"] for m in b] == [3, 6, 9]
+    for ma, mb in zip(a, b):
+        for key in ("train/loss", "train/ce_loss", "train/kd_loss"):
+            assert mb[key] == pytest.approx(ma[key], rel=1e-6, abs=1e-9), (ma["step"], key)
 
 
 def test_packing_does_not_change_the_figures(world, tmp_path):

@@ -103,7 +103,7 @@ TEST(RunConfig, ErrorsNameFileLineKeyAndType) {
   EXPECT_NE(error_of("a: [1,\n").find("run.yaml:"), std::string::npos);
   EXPECT_EQ(error_of("- 1\n"), "run.yaml:1: a run config must be a mapping of key: value");
   EXPECT_EQ(error_of("teachers:\n  shop: {path: x, temprature: 2}\n"),
-            "run.yaml:2: unknown key 'teachers.shop.temprature' (expected path, temperature, weight)");
+            "run.yaml:2: unknown key 'teachers.shop.temprature' (expected path, cache, temperature, weight)");
 }
 
 TEST(RunConfig, SetOverrides) {

@@ -110,7 +110,7 @@ TEST(TeacherCache, RowsOfAPackedBatchComeInMaskOrder) {
     for (size_t s : r) rows.back().push_back(&samples[s]);
   }
   const auto batch = data::collate(rows, 0, 16);
-  const auto got = cache.rows_for(row_samples, batch, torch::kCPU);
+  const auto got = cache.rows_for(row_samples, batch.labels, torch::kCPU);
   ASSERT_EQ(got.ids.size(0), (batch.labels != -100).sum().item<int64_t>());
   // Expected from the batch itself: per supervised (b, t), its sample (segment) and rank in it.
   std::vector<int64_t> want;
@@ -144,13 +144,13 @@ TEST(TeacherCache, WrongReuseIsAnErrorNamingTheDifference) {
 
   // A sample the cache does not cover yet.
   std::vector<std::vector<const data::TokenizedSample*>> rows = {{&samples[3]}};
-  e = error_of([&] { cache.rows_for({{3}}, data::collate(rows, 0), torch::kCPU); });
+  e = error_of([&] { cache.rows_for({{3}}, data::collate(rows, 0).labels, torch::kCPU); });
   EXPECT_NE(e.find("covers samples [0, 3)"), std::string::npos) << e;
 
   // A sample that now supervises one more position than when it was cached.
   samples[2].supervised = {0, 0, 1, 1};
   rows = {{&samples[2]}};
-  e = error_of([&] { cache.rows_for({{2}}, data::collate(rows, 0), torch::kCPU); });
+  e = error_of([&] { cache.rows_for({{2}}, data::collate(rows, 0).labels, torch::kCPU); });
   EXPECT_NE(e.find("holds 1 rows for the samples 2 of batch row 0 but the batch supervises 2"), std::string::npos) << e;
 
   // A shard from another capture.
