@@ -5,7 +5,8 @@ log_softmax/softmax with KLDivLoss for L_pred, row-wise KL of the mapped layers'
 L_attn, torch AdamW). The teacher runs under no_grad. Prints one line: tokens/s (median over steps
 after the first) and peak RSS.
 
-usage: distill_peer.py STUDENT TEACHER DATA.jsonl BATCH STEPS THREADS SEQ
+usage: distill_peer.py STUDENT TEACHER DATA.jsonl BATCH STEPS THREADS SEQ [ATTN_WEIGHT]
+(ATTN_WEIGHT 0: L_pred only, and the models run without output_attentions)
 """
 import json
 import resource
@@ -37,15 +38,17 @@ def uniform_pairs(student_layers, teacher_layers):
     return [(l, (l + 1) * teacher_layers // student_layers - 1) for l in range(student_layers)]
 
 
-def kd_step(student, teacher, ids, mask, pairs, tau=1.0):
+def kd_step(student, teacher, ids, mask, pairs, attn_weight, tau=1.0):
     labels = torch.where(mask, ids, torch.full_like(ids, -100))
     with torch.no_grad():
-        t_out = teacher(ids, output_attentions=True)
-    s_out = student(ids, labels=labels, output_attentions=True)  # s_out.loss: the logged ntp_loss
+        t_out = teacher(ids, output_attentions=attn_weight > 0)
+    s_out = student(ids, labels=labels, output_attentions=attn_weight > 0)  # s_out.loss: the logged ntp_loss
     sel = mask[:, 1:]  # logits at t predict token t + 1
     s = torch.log_softmax(s_out.logits[:, :-1][sel].float() / tau, -1)
     t = torch.softmax(t_out.logits[:, :-1][sel].float() / tau, -1)
     pred = torch.nn.KLDivLoss(reduction="batchmean")(s, t) * tau * tau
+    if attn_weight == 0:
+        return pred, s_out.loss
     rows = torch.zeros_like(mask)
     rows[:, :-1] = sel  # query rows = the positions whose next token is supervised
     causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()
@@ -57,16 +60,18 @@ def kd_step(student, teacher, ids, mask, pairs, tau=1.0):
         term = torch.xlogy(a_t, a_t) - a_t * a_s.clamp_min(1e-12).log()
         attn = attn + torch.where(keep, term, torch.zeros_like(term)).sum() / (a_s.shape[0] * a_s.shape[1])
     attn = attn / len(pairs)
-    return pred + attn, s_out.loss
+    return pred + attn_weight * attn, s_out.loss
 
 
 def main():
     student_dir, teacher_dir, data, batch, steps, threads, seq = sys.argv[1:8]
+    attn_weight = float(sys.argv[8]) if len(sys.argv) > 8 else 1.0
     torch.set_num_threads(int(threads))
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(student_dir)
-    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32, attn_implementation="eager")
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    attention = "eager" if attn_weight > 0 else "sdpa"  # maps are only needed for the attention term
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32, attn_implementation=attention)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32, attn_implementation=attention).eval()
     student.train()
     pairs = uniform_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.0)
@@ -75,7 +80,7 @@ def main():
         if step == int(steps):
             break
         start = time.perf_counter()
-        loss, _ = kd_step(student, teacher, ids, mask, pairs)
+        loss, _ = kd_step(student, teacher, ids, mask, pairs, attn_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()

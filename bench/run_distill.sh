@@ -4,7 +4,8 @@
 # the reference code's way (bench/distill_peer.py: eager attention, output_attentions=True, full-vocab
 # KLDivLoss), on the real SmolLM2-135M teacher (vocab 49,152) and a student made of every 3rd of its
 # layers, sequences of SEQ (1024) tokens (long answers built from the demo data), fp32, CPU.
-# kdae runs twice: with the fused LM head (the default) and with materialised logits.
+# UNFUSED=1 also runs kdae with materialised logits (fused_lm_head: false); ATTN=0 drops the attention
+# term on both sides (L_pred only, the DAE stage's objective).
 # Reports tokens/s (median of steps after the first) and peak RSS of each; figures: docs/performance.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/setup.sh"
@@ -14,6 +15,9 @@ STEPS="${STEPS:-4}"
 THREADS="${THREADS:-2}"
 SEQ="${SEQ:-1024}"
 BATCH="${BATCH:-2}"
+ATTN="${ATTN:-1.0}"          # attn_weight; 0 = L_pred only (the peer then skips output_attentions too)
+UNFUSED="${UNFUSED:-0}"      # 1 = also run kdae with fused_lm_head: false
+ROUNDS="${ROUNDS:-2}"
 mkdir -p "$WORK"
 STUDENT="$WORK/student"
 if [ ! -f "$STUDENT/config.json" ]; then
@@ -59,7 +63,7 @@ train_batch_size: $BATCH
 max_steps: $STEPS
 learning_rate: 1.0e-4
 lambda_param: 1.0
-attn_weight: 1.0
+attn_weight: $ATTN
 fused_lm_head: $1
 logging_steps: 1
 save_steps: 0
@@ -84,9 +88,9 @@ print(f"kdae distill (fused_lm_head {fused}): {statistics.median(rates):.1f} tok
       f"peak RSS {rss_mb:.0f} MB")
 PY
 }
-for round in 1 2; do
+for round in $(seq 1 "$ROUNDS"); do
   echo "round $round"
   run_kdae true
-  run_kdae false
-  "$KDAE_VENV/bin/python" "$KDAE_ROOT/bench/distill_peer.py" "$STUDENT" "$TEACHER" "$DATA" "$BATCH" "$STEPS" "$THREADS" "$SEQ"
+  [ "$UNFUSED" = 1 ] && run_kdae false
+  "$KDAE_VENV/bin/python" "$KDAE_ROOT/bench/distill_peer.py" "$STUDENT" "$TEACHER" "$DATA" "$BATCH" "$STEPS" "$THREADS" "$SEQ" "$ATTN"
 done

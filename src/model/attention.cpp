@@ -36,12 +36,14 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const LayerContext&
     const int64_t groups = num_heads_ / num_kv_heads_;
     torch::Tensor kr = k.repeat_interleave(groups, 1);                        // (B, H, S, hd)
     torch::Tensor vr = v.repeat_interleave(groups, 1);                        // (B, H, S, hd)
-    torch::Tensor scores = torch::matmul(q, kr.transpose(2, 3)) * scale;      // (B, H, T, S)
+    // Scaling q instead of the scores and masking in place save two passes over the (B, H, T, S) map
+    // and their backward (scale = 1/sqrt(hd) is a power of two for the usual hd, so this is exact).
+    torch::Tensor scores = torch::matmul(q * scale, kr.transpose(2, 3));     // (B, H, T, S)
     torch::Tensor allowed = mask;
     if (!allowed.defined() && T > 1) {
       allowed = torch::ones({T, k.size(2)}, torch::dtype(torch::kBool).device(x.device())).tril(k.size(2) - T);  // (T, S)
     }
-    if (allowed.defined()) scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+    if (allowed.defined()) scores.masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity());
     torch::Tensor probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());  // (B, H, T, S)
     out = torch::matmul(probs, vr);                                                      // (B, H, T, hd)
     *probs_out = probs;

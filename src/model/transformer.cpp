@@ -144,9 +144,12 @@ void TransformerImpl::advance(ForwardState& state, int64_t until_layer) {
       continue;
     }
     torch::Tensor probs, router, mlp_input;
-    state.x = layer->forward(state.x, layer_ctx, keep_probs ? &probs : nullptr, opt.router_logits ? &router : nullptr,
+    const bool report = opt.on_attention && (opt.attention_layers.empty() ||
+                                             (l < static_cast<int64_t>(opt.attention_layers.size()) && opt.attention_layers[l]));
+    const bool layer_probs = opt.attentions || report;
+    state.x = layer->forward(state.x, layer_ctx, layer_probs ? &probs : nullptr, opt.router_logits ? &router : nullptr,
                              opt.mlp_inputs ? &mlp_input : nullptr);
-    if (opt.on_attention) opt.on_attention(l, probs);
+    if (report) opt.on_attention(l, probs);
     if (opt.attentions) state.out.attentions.push_back(probs);
     if (opt.router_logits && router.defined()) state.out.router_logits.push_back(router);
     if (opt.mlp_inputs) state.out.mlp_inputs.push_back(mlp_input);

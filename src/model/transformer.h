@@ -34,6 +34,9 @@ struct ForwardOptions {
   // Called per layer with its attention probabilities (B, H, T, S) instead of keeping them all:
   // attention KD reads one layer at a time and never holds every map at once.
   std::function<void(int64_t layer, const torch::Tensor& probs)> on_attention;
+  // Layers for which on_attention is called (empty = all). The others keep the fused SDPA kernel,
+  // which never forms the T x T map (a teacher deeper than its student only needs its mapped layers).
+  std::vector<bool> attention_layers;
 };
 
 // What every layer of one forward pass shares: rotary tables and the attention masks.

@@ -107,6 +107,8 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
     if (need_attn) {
       LiveTeacher* self = &t;
       opts.on_attention = [self](int64_t, const torch::Tensor& probs) { self->last_probs = probs; };
+      opts.attention_layers.assign(teacher.model->config().num_layers, false);
+      for (const auto& [sl, tl] : *t.pairs) opts.attention_layers[tl] = true;
       t.state = teacher.model->begin(teacher_ids, opts);
     } else {
       t.out = teacher.model->forward(teacher_ids, opts);

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Epoch time and peak memory of KD training from a teacher cache vs the online teacher (issue 7):
+# the SmolLM2-135M teacher against a student of every 5th of its layers (7 layers; the teacher has
+# about 4x the student's non-embedding parameters), the first SAMPLES demo samples, batch 8, forward
+# KL, fp32, CPU, THREADS threads. Runs, each a separate process (wall time and peak RSS of each):
+#   capture   kdae teacher-cache over the data (the one-time teacher pass, top-k 64)
+#   online    one epoch of kdae distill with the live teacher
+#   cache     one epoch of kdae distill with teacher_cache
+#   student   one epoch of CE-only training (lambda 0, no teacher loaded): the student-only floor
+# Figures: docs/performance.md.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/setup.sh"
+TEACHER="${TEACHER:-$KDAE_HOME/models/smollm2-135m-instruct}"
+WORK="${WORK:-$KDAE_HOME/bench-teacher-cache}"
+SAMPLES="${SAMPLES:-64}"
+THREADS="${THREADS:-2}"
+ROUNDS="${ROUNDS:-2}"
+mkdir -p "$WORK"
+STUDENT="$WORK/student"
+if [ ! -f "$STUDENT/config.json" ]; then
+  "$KDAE_VENV/bin/python" - "$TEACHER" "$STUDENT" <<'PY'
+import sys, torch
+from transformers import AutoModelForCausalLM
+teacher, out = sys.argv[1:3]
+m = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+keep = list(range(0, m.config.num_hidden_layers, 5))
+keep = keep if keep[-1] == m.config.num_hidden_layers - 1 else keep + [m.config.num_hidden_layers - 1]
+m.model.layers = torch.nn.ModuleList([m.model.layers[i] for i in keep])
+m.config.num_hidden_layers = len(keep)
+m.save_pretrained(out)
+PY
+  for f in "$TEACHER"/tokenizer* "$TEACHER"/special_tokens_map.json "$TEACHER"/generation_config.json; do
+    [ -f "$f" ] && cp "$f" "$STUDENT/"
+  done
+fi
+head -n "$SAMPLES" "$KDAE_ROOT/data/demo/train.jsonl" > "$WORK/train.jsonl"
+config() {  # $1 = file, then extra YAML lines
+  local file="$1"; shift
+  cat > "$file" <<YAML
+base_model_path: $STUDENT
+target_model_path: $TEACHER
+training_data_path: $WORK/train.jsonl
+output_dir: $WORK/out
+overwrite: true
+seq_length: 256
+train_batch_size: 8
+num_train_epochs: 1
+learning_rate: 1.0e-4
+lambda_param: 1.0
+attn_weight: 0.0
+logging_steps: 1
+save_steps: 0
+save_fraction_of_epoch: 0
+device: cpu
+teacher_device: cpu
+teacher_dtype: float32
+threads: $THREADS
+data_cache_dir: none
+YAML
+  printf '%s\n' "$@" >> "$file"
+}
+config "$WORK/online.yaml"
+config "$WORK/cache.yaml" "teacher_cache: $WORK/cache"
+sed -i '/^target_model_path/d' "$WORK/cache.yaml"
+config "$WORK/student.yaml" "teacher_cache: $WORK/cache" "lambda_param: 0.0"
+sed -i '/^target_model_path/d; 0,/^lambda_param: 1.0$/{/^lambda_param: 1.0$/d}' "$WORK/student.yaml"
+
+measure() {  # $1 = label, then the kdae arguments
+  local label="$1"; shift
+  "$KDAE_VENV/bin/python" - "$label" "$KDAE_BUILD/kdae" "$@" <<'PY'
+import resource, subprocess, sys, time
+label, cmd = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+proc = subprocess.run(cmd, capture_output=True, text=True)
+wall = time.perf_counter() - start
+if proc.returncode != 0:
+    sys.exit(f"{label} failed:\n{proc.stderr[-2000:]}")
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+extra = ""
+for line in proc.stdout.splitlines() + proc.stderr.splitlines():
+    if "bytes/token" in line or "bytes per" in line:
+        extra = "  | " + line.strip()
+print(f"{label:8s} wall {wall:7.1f} s   peak RSS {rss:6.0f} MB{extra}", flush=True)
+PY
+}
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round"
+  rm -rf "$WORK/cache"
+  measure capture teacher-cache --config "$WORK/online.yaml" --teacher "$TEACHER" --top-k 64 --out "$WORK/cache"
+  measure online distill --config "$WORK/online.yaml"
+  measure cache distill --config "$WORK/cache.yaml"
+  measure student distill --config "$WORK/student.yaml"
+done
+du -sh "$WORK/cache"
