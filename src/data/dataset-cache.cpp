@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/hash.h"
 
 namespace kdae::data {
 namespace fs = std::filesystem;
@@ -47,15 +48,6 @@ struct Layout {
     end = meta + meta_bytes;
   }
 };
-
-uint64_t fnv1a(const unsigned char* p, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 1099511628211ull;
-  }
-  return h;
-}
 
 // A read-only mapping released on scope exit.
 struct Mapping {
@@ -146,7 +138,7 @@ std::optional<Dataset> read_dataset_cache(const fs::path& file, const std::strin
   if (h.samples > m.size || h.tokens > m.size || h.meta_bytes > m.size || h.file_bytes != m.size ||
       Layout(h.samples, h.tokens, h.meta_bytes).end != m.size)
     return *why = str("size ", m.size, " does not match its header (truncated?)"), std::nullopt;
-  if (fnv1a(m.data + sizeof(Header), m.size - sizeof(Header)) != h.checksum)
+  if (fnv1a(std::string_view(reinterpret_cast<const char*>(m.data) + sizeof(Header), m.size - sizeof(Header))) != h.checksum)
     return *why = "checksum mismatch (corrupt)", std::nullopt;
   try {
     Dataset d = decode(m, h);
@@ -192,7 +184,7 @@ void write_dataset_cache(const fs::path& file, const Dataset& d) {
   h.tokens = tokens;
   h.meta_bytes = meta.size();
   h.file_bytes = l.end;
-  h.checksum = fnv1a(reinterpret_cast<const unsigned char*>(bytes.data()) + sizeof(Header), l.end - sizeof(Header));
+  h.checksum = fnv1a(std::string_view(bytes.data() + sizeof(Header), l.end - sizeof(Header)));
   std::memcpy(bytes.data(), &h, sizeof h);
   fs::create_directories(file.parent_path());
   write_file_atomic(file, bytes);

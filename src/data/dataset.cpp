@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/hash.h"
 #include "data/dataset-cache.h"
 #include "data/jsonl-reader.h"
 #include "data/loss-mask.h"
@@ -34,7 +35,7 @@ std::optional<ChatTemplate> resolve_template(const tok::Tokenizer& tokenizer, co
 // Everything that changes the samples: data bytes, tokenizer, template and every option.
 std::string fingerprint_of(std::string_view bytes, const tok::Tokenizer& tokenizer,
                            const std::optional<ChatTemplate>& chat, const DatasetOptions& o) {
-  return tok::fnv1a_hex(str("kdae-dataset 1\x1f", tok::fnv1a_hex(bytes), '\x1f', bytes.size(), '\x1f',
+  return fnv1a_hex(str("kdae-dataset 1\x1f", fnv1a_hex(bytes), '\x1f', bytes.size(), '\x1f',
                             tokenizer.fingerprint(), '\x1f', chat ? chat->fingerprint() : "no template", '\x1f',
                             o.instruction_key, '\x1f', o.response_key, '\x1f', o.seq_length, '\x1f',
                             o.truncation == Truncation::truncate ? "truncate" : "drop", '\x1f',

@@ -17,7 +17,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
-#include "tokenizer/tokenizer-json.h"
+#include "common/hash.h"
 
 namespace kdae::io {
 
@@ -123,7 +123,7 @@ TeacherCacheHeader from_json(const json& j, const std::string& source) {
 
 void check_header(const TeacherCacheHeader& h, const std::string& source) {
   if (h.codec != "sqrt-rel") fail(source, ": unknown teacher cache codec '", h.codec, "' (this kdae reads sqrt-rel)");
-  if (h.vocab < 1 || h.padded_vocab < h.vocab)
+  if (h.vocab < 1 || h.padded_vocab < h.vocab || h.padded_vocab > (int64_t{1} << 31))
     fail(source, ": bad vocabulary sizes (vocab ", h.vocab, ", padded_vocab ", h.padded_vocab, ")");
   if (h.top_k < 1 || h.top_k > h.vocab) fail(source, ": top_k ", h.top_k, " outside [1, vocab ", h.vocab, "]");
   if (h.logprob_bits < 2 || h.logprob_bits > 16) fail(source, ": logprob_bits ", h.logprob_bits, " outside [2, 16]");
@@ -237,7 +237,7 @@ TeacherCacheHeader TeacherShardWriter::finish() {
   std::string body(offsets_.size() * 8 + records_.size(), '\0');
   std::memcpy(body.data(), offsets_.data(), offsets_.size() * 8);
   if (!records_.empty()) std::memcpy(body.data() + offsets_.size() * 8, records_.data(), records_.size());
-  header_.checksum = tok::fnv1a_hex(body);
+  header_.checksum = fnv1a_hex(body);
   std::string text = to_json(header_).dump();
   text.append((8 - (text.size() % 8)) % 8, ' ');
   const uint32_t version = kTeacherCacheVersion;
@@ -287,13 +287,17 @@ std::shared_ptr<TeacherShard> TeacherShard::open(const fs::path& path) {
   check_header(h, source);
   const uint64_t data_offset = kPrefix + length;
   const uint64_t samples = static_cast<uint64_t>(h.sample_end - h.sample_begin);
+  // Bound the counts before multiplying them, so a corrupt header cannot overflow the size check.
+  if (samples >= shard->size_ / 8 || static_cast<uint64_t>(h.rows) > shard->size_ / static_cast<uint64_t>(h.record_bytes()))
+    fail(source, ": truncated teacher cache shard: its header describes ", samples, " samples and ", h.rows,
+         " rows, more than the file's ", shard->size_, " bytes hold");
   const uint64_t expected = data_offset + (samples + 1) * 8 + static_cast<uint64_t>(h.rows * h.record_bytes());
   if (shard->size_ < expected)
     fail(source, ": truncated teacher cache shard: ", shard->size_, " bytes, its header describes ", expected);
   if (shard->size_ > expected)
     fail(source, ": corrupt teacher cache shard: ", shard->size_ - expected, " bytes past the end its header describes");
   const std::string checksum =
-      tok::fnv1a_hex(std::string_view(reinterpret_cast<const char*>(bytes + data_offset), shard->size_ - data_offset));
+      fnv1a_hex(std::string_view(reinterpret_cast<const char*>(bytes + data_offset), shard->size_ - data_offset));
   if (checksum != h.checksum)
     fail(source, ": corrupt teacher cache shard: checksum ", checksum, " differs from the header's ", h.checksum);
   shard->offsets_ = reinterpret_cast<const uint64_t*>(bytes + data_offset);

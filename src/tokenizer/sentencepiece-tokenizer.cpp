@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/hash.h"
 #include "tokenizer/tokenizer-json.h"
 #include "tokenizer/utf8.h"
 

@@ -5,22 +5,12 @@
 #include <cstdio>
 
 #include "common/error.h"
+#include "common/hash.h"
 #include "tokenizer/utf8.h"
 
 namespace kdae::tok {
 
 using json = nlohmann::json;
-
-std::string fnv1a_hex(std::string_view bytes) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
 
 // Reads the single-sequence TemplateProcessing ("$A" with special tokens around it), possibly
 // inside a Sequence post-processor. ByteLevel post-processors only trim offsets and are ignored.

@@ -49,7 +49,4 @@ class JsonTokenizer : public Tokenizer {
   std::string fingerprint_, base_hash_;
 };
 
-// FNV-1a 64-bit, hex: a stable fingerprint helper shared by both tokenizer kinds.
-std::string fnv1a_hex(std::string_view bytes);
-
 }  // namespace kdae::tok

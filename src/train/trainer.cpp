@@ -162,6 +162,7 @@ void build_setup(Run& r, const std::vector<int>& teacher_of_domain) {
   s.device = r.device;
   s.compute_dtype = parse_dtype(r.o.dtype);
   s.packing = r.o.packing;
+  s.fused_head = r.o.fused_lm_head;
   s.run_teachers = r.o.lambda_param > 0;
   if (r.o.hidden_weight > 0) {
     const int64_t teacher_dim = r.teachers->at(0).model->config().hidden_size;
