@@ -39,6 +39,7 @@ struct CaptureOptions {
   int64_t batch_size = 8;
   int64_t shard_bytes = 256ll << 20;
   int64_t error_rows = 8;    // rows per batch whose reconstruction error is measured
+  std::string domain;        // "" = every sample; else only this domain's samples get rows
 };
 
 // One batch's teacher signal: the top-k of log softmax(z / tau_c) at every supervised row.
@@ -137,40 +138,61 @@ void capture(Capture& cap, const data::Dataset& dataset, model::Transformer& tea
   progress.set_step(next);
   const int64_t record = cap.base.record_bytes();
   const io::RowCodec codec(cap.base);
+  int64_t domain = -1;  // dataset domain index kept by --domain; -1 = all
+  if (!cap.base.domain.empty()) {
+    const auto& names = dataset.domain_names;
+    const auto it = std::find(names.begin(), names.end(), cap.base.domain);
+    if (it == names.end()) {
+      std::string have;
+      for (const auto& n : names) have += (have.empty() ? "" : ", ") + n;
+      usage_fail("--domain '", cap.base.domain, "' names no domain of the data (domains: ", have, ")");
+    }
+    domain = it - names.begin();
+  }
   while (next < total) {
     auto header = cap.base;
     header.sample_begin = next;
     io::TeacherShardWriter writer(cap.out / io::shard_file_name(static_cast<int64_t>(cap.done.size())), header);
     while (next < total && (writer.samples() == 0 || writer.bytes() < cap.options.shard_bytes)) {
       const int64_t b_count = std::min(cap.options.batch_size, total - next);
-      std::vector<std::vector<const data::TokenizedSample*>> rows;
+      std::vector<std::vector<const data::TokenizedSample*>> rows;  // the batch's samples the filter keeps
+      std::vector<bool> kept(static_cast<size_t>(b_count));
       int64_t tokens = 0;
       for (int64_t i = 0; i < b_count; ++i) {
-        rows.push_back({&dataset.samples[next + i]});
-        tokens += static_cast<int64_t>(dataset.samples[next + i].ids.size());
+        const auto& sample = dataset.samples[next + i];
+        kept[i] = domain < 0 || sample.domain == domain;
+        if (!kept[i]) continue;
+        rows.push_back({&sample});
+        tokens += static_cast<int64_t>(sample.ids.size());
       }
-      const auto batch = data::collate(rows, pad_id);
-      torch::InferenceMode inference;
-      // Right padding under causal attention leaves every real position's logits unchanged.
-      auto logits = teacher->forward(batch.input_ids.to(device)).logits;  // (B, T, Vp)
-      auto mask = batch.labels != -100;                                    // (B, T)
-      auto top = teacher_topk(logits, mask, cap.base.vocab, cap.options);
-      const int64_t n_rows = top.ids.size(0);
-      std::vector<uint8_t> records(static_cast<size_t>(n_rows * record));
-      const auto* ids = top.ids.data_ptr<int32_t>();
-      const auto* lps = top.logprobs.data_ptr<float>();
-      const auto* tails = top.tail.data_ptr<double>();
-      for (int64_t r = 0; r < n_rows; ++r)
-        codec.encode(ids + r * cap.base.top_k, lps + r * cap.base.top_k, tails[r], records.data() + r * record);
-      auto per_row = mask.sum(1);  // (B)
+      std::vector<uint8_t> records;
+      std::vector<int64_t> per_row;
+      if (!rows.empty()) {
+        const auto batch = data::collate(rows, pad_id);
+        torch::InferenceMode inference;
+        // Right padding under causal attention leaves every real position's logits unchanged.
+        auto logits = teacher->forward(batch.input_ids.to(device)).logits;  // (B, T, Vp)
+        auto mask = batch.labels != -100;                                    // (B, T)
+        auto top = teacher_topk(logits, mask, cap.base.vocab, cap.options);
+        const int64_t n_rows = top.ids.size(0);
+        records.resize(static_cast<size_t>(n_rows * record));
+        const auto* ids = top.ids.data_ptr<int32_t>();
+        const auto* lps = top.logprobs.data_ptr<float>();
+        const auto* tails = top.tail.data_ptr<double>();
+        for (int64_t r = 0; r < n_rows; ++r)
+          codec.encode(ids + r * cap.base.top_k, lps + r * cap.base.top_k, tails[r], records.data() + r * record);
+        auto counts = mask.sum(1).contiguous();  // (B)
+        per_row.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+        const int64_t sampled = std::min(cap.options.error_rows, n_rows);
+        if (sampled > 0) writer.add_error(reconstruction_error(top.logp, records, sampled, cap.base), sampled);
+      }
       int64_t offset = 0;
+      size_t k = 0;
       for (int64_t b = 0; b < b_count; ++b) {
-        const int64_t n = per_row[b].item<int64_t>();
+        const int64_t n = kept[b] ? per_row[k++] : 0;  // samples of other domains hold no rows
         writer.add_sample(records.data() + offset * record, n);
         offset += n;
       }
-      const int64_t sampled = std::min(cap.options.error_rows, n_rows);
-      if (sampled > 0) writer.add_error(reconstruction_error(top.logp, records, sampled, cap.base), sampled);
       next += b_count;
       progress.advance(b_count, tokens);
     }
@@ -188,6 +210,7 @@ CaptureOptions capture_options(const Args& args, const train::DistillOptions& co
   c.batch_size = args.get_int("batch-size");
   c.shard_bytes = static_cast<int64_t>(args.get_double("shard-mb") * (1 << 20));
   c.error_rows = args.get_int("error-rows");
+  c.domain = args.has("domain") ? args.get("domain") : "";
   if (c.top_k < 1) usage_fail("--top-k must be >= 1");
   if (!(c.top_p > 0 && c.top_p <= 1)) usage_fail("--top-p must be in (0, 1]");
   if (!(c.temperature > 0)) usage_fail("--temperature must be > 0");
@@ -249,6 +272,7 @@ int run_create(const Args& args) {
   h.top_p = cap.options.top_p;
   h.logprob_bits = cap.options.logprob_bits ? cap.options.logprob_bits : io::default_logprob_bits(h.top_k, h.vocab);
   h.teacher = fs::absolute(teacher_dir).string();
+  h.domain = cap.options.domain;
   fs::create_directories(cap.out);
   load_finished_shards(cap);
   if (!cap.done.empty()) std::cerr << "resuming after sample " << cap.done.back().sample_end << " (" << cap.done.size() << " shards)\n";
@@ -270,7 +294,7 @@ int run_inspect(const fs::path& dir) {
   std::cout << "teacher cache " << dir.string() << "\n"
             << "format version " << io::kTeacherCacheVersion << "  codec " << h.codec << "  logprob_bits "
             << h.logprob_bits << "  id_bits " << h.id_bits() << "\n"
-            << "teacher " << h.teacher << "\n"
+            << "teacher " << h.teacher << (h.domain.empty() ? std::string() : "  (domain " + h.domain + " only)") << "\n"
             << "vocab " << h.vocab << "  padded_vocab " << h.padded_vocab << "  seq_length " << h.seq_length << "\n"
             << "temperature " << h.temperature << "  top_k " << h.top_k << "  top_p " << h.top_p << "\n"
             << "tokenizer " << h.tokenizer_fingerprint << "  template " << h.template_fingerprint << "  dataset "
@@ -298,6 +322,7 @@ Command teacher_cache_command() {
       {"batch-size", "N", "samples per teacher forward", "8"},
       {"shard-mb", "MB", "start a new shard past this size; a re-run resumes after the last complete shard", "256"},
       {"error-rows", "N", "rows per batch whose reconstruction error KL(full || sparse) is measured", "8"},
+      {"domain", "NAME", "only the samples of this domain get rows (a domain teacher's cache for kdae align); default: all", ""},
       {"out", "DIR", "cache directory (created; shards already there are resumed)"},
   };
   for (auto& o : device_options()) options.push_back(o);

@@ -76,6 +76,7 @@ json to_json(const TeacherCacheHeader& h) {
               {"codec", h.codec},
               {"logprob_bits", h.logprob_bits},
               {"teacher", h.teacher},
+              {"domain", h.domain},
               {"sample_begin", h.sample_begin},
               {"sample_end", h.sample_end},
               {"rows", h.rows},
@@ -112,6 +113,7 @@ TeacherCacheHeader from_json(const json& j, const std::string& source) {
   h.codec = field<std::string>(j, "codec", source);
   h.logprob_bits = field<int64_t>(j, "logprob_bits", source);
   h.teacher = field<std::string>(j, "teacher", source);
+  h.domain = j.contains("domain") ? field<std::string>(j, "domain", source) : std::string();
   h.sample_begin = field<int64_t>(j, "sample_begin", source);
   h.sample_end = field<int64_t>(j, "sample_end", source);
   h.rows = field<int64_t>(j, "rows", source);
@@ -218,7 +220,7 @@ TeacherShardWriter::TeacherShardWriter(fs::path path, TeacherCacheHeader header)
 }
 
 void TeacherShardWriter::add_sample(const uint8_t* records, int64_t rows) {
-  records_.insert(records_.end(), records, records + rows * header_.record_bytes());
+  if (rows > 0) records_.insert(records_.end(), records, records + rows * header_.record_bytes());
   offsets_.push_back(offsets_.back() + static_cast<uint64_t>(rows));
 }
 

@@ -42,6 +42,9 @@ struct TeacherCacheHeader {
   std::string codec = "sqrt-rel";
   int64_t logprob_bits = 8;  // 2..16
   std::string teacher;       // the teacher's path (informational)
+  // "" = every sample has its rows; else only samples of this domain do (the others hold 0 rows), for
+  // the domain teachers of kdae align. Absent in older shards (= "").
+  std::string domain;
   // This shard.
   int64_t sample_begin = 0, sample_end = 0;
   int64_t rows = 0;

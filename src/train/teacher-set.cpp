@@ -45,6 +45,11 @@ TeacherSet::TeacherSet(const DistillOptions& o, RunKind kind, const tok::Tokeniz
     if (!t.cache->complete())
       fail("teacher cache ", dir, " covers ", t.cache->samples_covered(), " of ", t.cache->header().dataset_samples,
            " samples; finish it with kdae teacher-cache (it resumes)");
+    const std::string& only = t.cache->header().domain;
+    if (!only.empty() && only != domain)
+      fail("teacher cache ", dir, " holds only the samples of domain '", only, "' (kdae teacher-cache --domain) but ",
+           domain == "*" ? std::string("this run needs every sample") : "serves domain '" + domain + "' here",
+           "; build it without --domain, or with --domain ", domain == "*" ? std::string("omitted") : domain);
     by_domain_[domain] = static_cast<int>(teachers_.size());
     teachers_.push_back(std::move(t));
   };

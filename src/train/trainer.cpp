@@ -296,6 +296,7 @@ Scalars window_scalars(const Run& r, const Window& w, double lr, double grad_nor
                {"train/lr", lr},
                {"train/grad_norm", grad_norm},
                {"train/tokens_per_second", w.seconds > 0 ? w.tokens / w.seconds : 0.0},
+               {"train/step_seconds", w.seconds / static_cast<double>(std::max<int64_t>(w.steps, 1))},
                {"train/supervised_tokens", static_cast<double>(w.kd_tokens)}};
   if (r.setup.run_teachers) s.emplace_back("train/kd_loss", mean(w.kd, w.kd_tokens));
   if (r.o.attn_weight > 0 && r.setup.run_teachers) s.emplace_back("train/attn_loss", mean(w.attn, w.kd_tokens));

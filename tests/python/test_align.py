@@ -118,7 +118,8 @@ def test_bad_domain_setups_fail_clearly(world, tmp_path):
 
 
 def test_per_domain_teacher_caches_match_the_live_teachers(world, tmp_path):
-    """teachers: {general: {cache}, domain: {cache}}: each domain's rows read their own teacher's cache.
+    """teachers: {general: {cache}, domain: {cache}}: each domain's rows read their own teacher's cache,
+    built with --domain (only that domain's samples); a cache serving another domain is refused.
     At k = V (16-bit log-probs) the loss curve, the per-domain KD terms and CE equal the live run's up
     to the codec's quantization; a cache teacher with attention KD is refused."""
     common = dict(max_steps=4, learning_rate=1e-2, temperature=1.5)
@@ -127,10 +128,12 @@ def test_per_domain_teacher_caches_match_the_live_teachers(world, tmp_path):
     vocab = len(json.loads((pathlib.Path(world["teacher"]) / "tokenizer.json").read_text())["model"]["vocab"])
     caches = {}
     for name, teacher in (("general", world["teacher"]), ("domain", world["expert"])):
+        # --domain: only that domain's samples run through the teacher and get rows.
         caches[name] = tmp_path / f"cache-{name}"
         cfg = align_config(tmp_path / f"capture-{name}.yaml", world, tmp_path / f"capture-{name}", **common)
         run("teacher-cache", "--config", cfg, "--teacher", teacher, "--top-k", vocab, "--logprob-bits", 16,
-            "--out", caches[name])
+            "--domain", name, "--out", caches[name])
+    assert "(domain domain only)" in run("teacher-cache", "inspect", caches["domain"]).stdout
     teachers = {name: {"cache": str(d)} for name, d in caches.items()}
     cfg = write_config(tmp_path / "cached.yaml", world, tmp_path / "cached", target_model_path="", teachers=teachers,
                        training_data_path=world["mixed.jsonl"], domain_fraction=0.3, **common)
@@ -145,3 +148,9 @@ def test_per_domain_teacher_caches_match_the_live_teachers(world, tmp_path):
                        training_data_path=world["mixed.jsonl"], domain_fraction=0.3, attn_weight=1.0, **common)
     refused = run("align", "--config", cfg, check=False)
     assert refused.returncode == 1 and "need the live teacher" in refused.stderr
+    swapped = {"general": {"cache": str(caches["domain"])}, "domain": {"cache": str(caches["general"])}}
+    cfg = write_config(tmp_path / "swap.yaml", world, tmp_path / "swap", target_model_path="", teachers=swapped,
+                       training_data_path=world["mixed.jsonl"], domain_fraction=0.3, **common)
+    refused = run("align", "--config", cfg, check=False)
+    assert refused.returncode == 1 and "holds only the samples of domain 'general'" in refused.stderr
+    assert "serves domain 'domain' here" in refused.stderr
