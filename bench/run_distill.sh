@@ -19,24 +19,9 @@ ATTN="${ATTN:-1.0}"          # attn_weight; 0 = L_pred only (the peer then skips
 UNFUSED="${UNFUSED:-0}"      # 1 = also run kdae with fused_lm_head: false
 ROUNDS="${ROUNDS:-2}"
 mkdir -p "$WORK"
+source "$KDAE_ROOT/bench/kd-bench-common.sh"
 STUDENT="$WORK/student"
-if [ ! -f "$STUDENT/config.json" ]; then
-  "$KDAE_VENV/bin/python" - "$TEACHER" "$STUDENT" <<'PY'
-import sys, torch
-from transformers import AutoModelForCausalLM
-teacher, out = sys.argv[1:3]
-m = AutoModelForCausalLM.from_pretrained(teacher, torch_dtype=torch.float32)
-keep = list(range(0, m.config.num_hidden_layers, 3))
-keep = keep if keep[-1] == m.config.num_hidden_layers - 1 else keep + [m.config.num_hidden_layers - 1]
-m.model.layers = torch.nn.ModuleList([m.model.layers[i] for i in keep])
-m.config.num_hidden_layers = len(keep)
-m.save_pretrained(out)
-PY
-  # The teacher's own tokenizer files (a re-save through transformers may rewrite them).
-  for f in "$TEACHER"/tokenizer* "$TEACHER"/special_tokens_map.json "$TEACHER"/generation_config.json; do
-    [ -f "$f" ] && cp "$f" "$STUDENT/"
-  done
-fi
+make_layer_student "$TEACHER" "$STUDENT" 0 3 6 9 12 15 18 21 24 27 29
 # Samples longer than SEQ tokens: each answer chains several demo answers.
 DATA="$WORK/long.jsonl"
 "$KDAE_VENV/bin/python" - "$KDAE_ROOT/data/demo/train.jsonl" "$DATA" "$((BATCH * STEPS))" <<'PY'
@@ -52,28 +37,21 @@ with open(out, "w") as f:
         f.write(json.dumps({"messages": [rows[i % len(rows)][0], {"role": "assistant", "content": answer}]}) + "\n")
 PY
 write_config() {  # $1 = fused_lm_head
-cat > "$WORK/run.yaml" <<YAML
+  {
+    cat <<YAML
 base_model_path: $STUDENT
 target_model_path: $TEACHER
 training_data_path: $DATA
 output_dir: $WORK/out
-overwrite: true
 seq_length: $SEQ
 train_batch_size: $BATCH
 max_steps: $STEPS
-learning_rate: 1.0e-4
 lambda_param: 1.0
 attn_weight: $ATTN
 fused_lm_head: $1
-logging_steps: 1
-save_steps: 0
-save_fraction_of_epoch: 0
-device: cpu
-teacher_device: cpu
-teacher_dtype: float32
-threads: $THREADS
-data_cache_dir: none
 YAML
+    common_config
+  } > "$WORK/run.yaml"
 }
 run_kdae() {  # $1 = fused_lm_head
   write_config "$1"

@@ -19,47 +19,27 @@ THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-2}"
 STUDENT_LAYERS="${STUDENT_LAYERS:-0 29}"
 mkdir -p "$WORK"
+source "$KDAE_ROOT/bench/kd-bench-common.sh"
 STUDENT="$WORK/student-${STUDENT_LAYERS// /-}"
-if [ ! -f "$STUDENT/config.json" ]; then
-  "$KDAE_VENV/bin/python" - "$TEACHER" "$STUDENT" $STUDENT_LAYERS <<'PY'
-import sys, torch
-from transformers import AutoModelForCausalLM
-teacher, out = sys.argv[1:3]
-keep = [int(x) for x in sys.argv[3:]]
-m = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
-m.model.layers = torch.nn.ModuleList([m.model.layers[i] for i in keep])
-m.config.num_hidden_layers = len(keep)
-m.save_pretrained(out)
-PY
-  for f in "$TEACHER"/tokenizer* "$TEACHER"/special_tokens_map.json "$TEACHER"/generation_config.json; do
-    [ -f "$f" ] && cp "$f" "$STUDENT/"
-  done
-fi
+make_layer_student "$TEACHER" "$STUDENT" $STUDENT_LAYERS
 head -n "$SAMPLES" "$KDAE_ROOT/data/demo/train.jsonl" > "$WORK/train.jsonl"
 config() {  # $1 = file, then extra YAML lines
   local file="$1"; shift
-  cat > "$file" <<YAML
+  {
+    cat <<YAML
 base_model_path: $STUDENT
 target_model_path: $TEACHER
 training_data_path: $WORK/train.jsonl
 output_dir: $WORK/out
-overwrite: true
 seq_length: 256
 train_batch_size: 8
 num_train_epochs: 1
-learning_rate: 1.0e-4
 lambda_param: 1.0
 attn_weight: 0.0
-logging_steps: 1
-save_steps: 0
-save_fraction_of_epoch: 0
-device: cpu
-teacher_device: cpu
-teacher_dtype: float32
-threads: $THREADS
-data_cache_dir: none
 YAML
-  printf '%s\n' "$@" >> "$file"
+    common_config
+    printf '%s\n' "$@"
+  } > "$file"
 }
 config "$WORK/online.yaml"
 config "$WORK/cache.yaml" "teacher_cache: $WORK/cache"

@@ -63,7 +63,7 @@ std::vector<TeacherPart> parts(const World& w, bool fused) {
   return out;
 }
 
-Outcome run(const World& w, const KdObjectiveOptions& opts, bool fused, bool with_teachers) {
+Outcome run(const World& w, const KdObjectiveOptions& opts, bool fused, std::vector<TeacherPart> teachers) {
   auto hidden = w.hidden.clone().requires_grad_(true);
   auto head = w.head.clone().requires_grad_(true);
   KdBatch batch;
@@ -73,7 +73,7 @@ Outcome run(const World& w, const KdObjectiveOptions& opts, bool fused, bool wit
   } else {
     batch.student_logits = torch::matmul(hidden, head.t());  // (B, T, W)
   }
-  if (with_teachers) batch.teachers = parts(w, fused);
+  batch.teachers = std::move(teachers);
   batch.labels = w.labels;
   batch.token_mask = w.token_mask;
   batch.sample_weights = w.weights;
@@ -126,7 +126,7 @@ TEST(HeadLoss, FusedEqualsMaterialisedLogitsForEveryDivergence) {
         opts.divergence.chunk_rows = 3;  // several chunks, the last one partial
         SCOPED_TRACE(divergence_name(kind) + (alignment == LabelAlignment::KdDae ? " kd-dae" : " shifted") +
                      (norm == Normalization::TokenMean ? " token" : " sequence"));
-        expect_same(run(w, opts, true, true), run(w, opts, false, true));
+        expect_same(run(w, opts, true, parts(w, true)), run(w, opts, false, parts(w, false)));
       }
     }
   }
@@ -138,9 +138,9 @@ TEST(HeadLoss, LambdaOneAndCeOnlyRuns) {
   opts.divergence.student_vocab = opts.divergence.teacher_vocab = V;
   opts.divergence.chunk_rows = 5;
   opts.lambda = 1.0;  // the paper's setting: CE is logged but carries no gradient
-  expect_same(run(w, opts, true, true), run(w, opts, false, true));
+  expect_same(run(w, opts, true, parts(w, true)), run(w, opts, false, parts(w, false)));
   opts.lambda = 0.0;  // CE only, no teacher at all
-  auto fused = run(w, opts, true, false), plain = run(w, opts, false, false);
+  auto fused = run(w, opts, true, {}), plain = run(w, opts, false, {});
   expect_same(fused, plain);
   EXPECT_GT(fused.terms.ce.item<double>(), 0.0);
 }
@@ -159,32 +159,13 @@ TEST(HeadLoss, SparseTeacherMatchesTheLogitsPath) {
     opts.divergence.temperature = tau;
     opts.divergence.student_vocab = opts.divergence.teacher_vocab = V;
     opts.divergence.chunk_rows = 4;
-    auto make = [&](bool fused) {
-      auto hidden = w.hidden.clone().requires_grad_(true);
-      auto head = w.head.clone().requires_grad_(true);
-      KdBatch batch;
-      if (fused) {
-        batch.student_hidden = hidden;
-        batch.student_head = head;
-      } else {
-        batch.student_logits = torch::matmul(hidden, head.t());
-      }
-      TeacherPart part;
-      part.rows = torch::arange(B, torch::kInt64);
-      part.temperature = tau;
-      part.is_sparse = true;
-      part.sparse = sparse;
-      batch.teachers.push_back(part);
-      batch.labels = w.labels;
-      Outcome o;
-      o.terms = kd_objective(batch, opts);
-      o.terms.total.backward();
-      o.d_hidden = hidden.grad();
-      o.d_head = head.grad();
-      return o;
-    };
+    TeacherPart part;
+    part.rows = torch::arange(B, torch::kInt64);
+    part.temperature = tau;
+    part.is_sparse = true;
+    part.sparse = sparse;
     SCOPED_TRACE("tau " + std::to_string(tau));
-    expect_same(make(true), make(false));
+    expect_same(run(w, opts, true, {part}), run(w, opts, false, {part}));
   }
 }
 
