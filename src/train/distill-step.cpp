@@ -190,7 +190,12 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
     }
     t.out = model::ForwardOutput();
   }
-  result.terms = distill::kd_objective(kd, s.objective);
+  {
+    // Under the compute dtype so the fused head's matmuls run like the student's other linears (the
+    // losses themselves cast to fp32).
+    ComputeDtypeGuard autocast(dev, s.compute_dtype);
+    result.terms = distill::kd_objective(kd, s.objective);
+  }
   if (!student_out.router_logits.empty()) {
     const auto& config = s.student->config();
     auto real_tokens = batch.segment_ids.ne(0).reshape({-1}).to(dev);  // (B*T): padding routes nowhere

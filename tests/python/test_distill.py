@@ -237,3 +237,17 @@ def test_training_from_teacher_cache_matches_online(world, tmp_path):
                                                        teacher_cache=str(tmp_path / f"cache-{vocab}"), attn_weight=1.0),
                   check=False)
     assert refused.returncode != 0 and "need the live teacher" in refused.stderr
+
+
+def test_bf16_autocast_tracks_fp32(world, tmp_path):
+    """dtype: bfloat16 (autocast over the student, the attention term and the fused LM head; fp32 master
+    weights and loss arithmetic) follows the fp32 run's loss curve within bf16 rounding (1e-2 relative)."""
+    common = dict(max_steps=4, attn_weight=1.0, lambda_param=0.5)
+    curves = {}
+    for dtype in ("float32", "bfloat16"):
+        run("distill", "--config", write_config(tmp_path / f"{dtype}.yaml", world, tmp_path / dtype, dtype=dtype, **common))
+        curves[dtype] = metrics(tmp_path / dtype)
+    for a, b in zip(curves["float32"], curves["bfloat16"]):
+        for key in ("train/loss", "train/ce_loss", "train/kd_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-2), (a["step"], key)
+    assert curves["bfloat16"][-1]["train/loss"] < curves["bfloat16"][0]["train/loss"]
