@@ -232,6 +232,7 @@ Scalars router_figures(const StepResult& res, int64_t top_k) {
 
 struct StepBatches {
   std::vector<MicroBatch> micro;
+  std::vector<int64_t> micro_ce, micro_kd;  // per micro-batch: CE tokens, KD tokens (or sequences)
   int64_t ce_tokens = 0, kd_tokens = 0, tokens = 0;
 };
 
@@ -242,8 +243,10 @@ StepBatches next_step_batches(DataStream& stream, const Run& r) {
   for (int64_t i = 0; i < r.o.gradient_accumulation_steps; ++i) {
     MicroBatch mb = stream.next();
     auto mask = distill::supervised_mask(mb.batch.labels, mb.batch.token_mask, alignment);  // (B, T)
-    s.ce_tokens += mb.batch.labels.ne(-100).sum().item<int64_t>();
-    s.kd_tokens += by_sequence ? mask.any(1).sum().item<int64_t>() : mask.sum().item<int64_t>();
+    s.micro_ce.push_back(mb.batch.labels.ne(-100).sum().item<int64_t>());
+    s.micro_kd.push_back(by_sequence ? mask.any(1).sum().item<int64_t>() : mask.sum().item<int64_t>());
+    s.ce_tokens += s.micro_ce.back();
+    s.kd_tokens += s.micro_kd.back();
     s.tokens += mb.batch.segment_ids.ne(0).sum().item<int64_t>();
     s.micro.push_back(std::move(mb));
   }
@@ -255,16 +258,13 @@ double to_double(const torch::Tensor& t) { return t.defined() ? t.detach().to(to
 // Forward + backward of one optimizer step's micro-batches; each contributes its share of the
 // step's global token means, so the gradient equals one big batch's.
 void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
-  const bool by_sequence = r.setup.objective.divergence.normalization == distill::Normalization::SequenceMean;
   auto& objective = r.setup.objective;
-  for (const auto& mb : batches.micro) {
+  for (size_t i = 0; i < batches.micro.size(); ++i) {
+    const auto& mb = batches.micro[i];
     // This micro-batch's share of the step's token means, known before its forward: the fused head
     // computes the gradient of the weighted total in forward.
-    const int64_t ce_n = mb.batch.labels.ne(-100).sum().item<int64_t>();
-    const auto kd_mask = distill::supervised_mask(mb.batch.labels, mb.batch.token_mask, objective.alignment);
-    const int64_t kd_n = by_sequence ? kd_mask.any(1).sum().item<int64_t>() : kd_mask.sum().item<int64_t>();
-    objective.ce_share = batches.ce_tokens > 0 ? static_cast<double>(ce_n) / batches.ce_tokens : 0.0;
-    objective.kd_share = batches.kd_tokens > 0 ? static_cast<double>(kd_n) / batches.kd_tokens : 0.0;
+    objective.ce_share = batches.ce_tokens > 0 ? static_cast<double>(batches.micro_ce[i]) / batches.ce_tokens : 0.0;
+    objective.kd_share = batches.kd_tokens > 0 ? static_cast<double>(batches.micro_kd[i]) / batches.kd_tokens : 0.0;
     StepResult res = compute_step(r.setup, mb);
     const auto& t = res.terms;
     distill::check_finite(t, step);
@@ -332,11 +332,13 @@ void restore_trainable(Run& r, const fs::path& dir) {
 
 void check_teacher_cache(const Run& r) {
   for (size_t i = 0; i < r.teachers->size(); ++i) {
-    const auto& cache = r.teachers->at(i).cache;
+    const auto& teacher = r.teachers->at(i);
+    const auto& cache = teacher.cache;
     if (!cache) continue;
     cache->check_compatible(cache_key_for(*r.tokenizer, r.train, r.o.chat_template, r.o.seq_length));
-    if (r.o.temperature != cache->capture_temperature() && cache->top_k() < r.tokenizer->vocab_size())
-      std::cerr << "warning: temperature " << r.o.temperature << " differs from the cache's capture temperature "
+    if (teacher.temperature != cache->capture_temperature() && cache->top_k() < r.tokenizer->vocab_size())
+      std::cerr << "warning: " << teacher.path << ": temperature " << teacher.temperature
+                << " differs from the cache's capture temperature "
                 << cache->capture_temperature() << "; with top-" << cache->top_k()
                 << " the rescaled teacher is an approximation (tail mass spread evenly, docs/teacher-cache.md)\n";
   }
