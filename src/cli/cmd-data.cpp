@@ -78,6 +78,9 @@ void print_counts(std::ostream& out, const data::Dataset& d) {
     reasons += str(reasons.empty() ? "" : ", ", reason, " ", n);
   }
   out << "skipped     " << skipped << (reasons.empty() ? "" : ": " + reasons) << "\n";
+  std::string ignored;
+  for (const auto& [field, lines] : s.ignored_fields) ignored += str(ignored.empty() ? "" : ", ", field, " ", lines);
+  out << "ignored     " << (ignored.empty() ? "no fields" : "fields (lines): " + ignored) << "\n";
   char buf[160];
   std::snprintf(buf, sizeof buf, "tokens      %lld, supervised %lld (%.1f%%)\n", (long long)s.tokens,
                 (long long)s.supervised_tokens, s.tokens ? 100.0 * s.supervised_tokens / s.tokens : 0.0);

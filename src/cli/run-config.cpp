@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <iostream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -62,12 +64,17 @@ double as_float(const YAML::Node& n, const std::string& key, const Origin& o) {
   return v;
 }
 
+// YAML 1.1 spellings (the reference's configs write True/False, as Python's yaml reads them).
+std::optional<bool> bool_spelling(const YAML::Node& n) {
+  if (!n.IsScalar()) return std::nullopt;
+  const std::string& s = n.Scalar();
+  if (s == "true" || s == "True" || s == "TRUE" || s == "yes" || s == "on") return true;
+  if (s == "false" || s == "False" || s == "FALSE" || s == "no" || s == "off") return false;
+  return std::nullopt;
+}
+
 bool as_bool(const YAML::Node& n, const std::string& key, const Origin& o) {
-  if (n.IsScalar()) {
-    const std::string& s = n.Scalar();
-    if (s == "true" || s == "True" || s == "TRUE" || s == "yes" || s == "on") return true;
-    if (s == "false" || s == "False" || s == "FALSE" || s == "no" || s == "off") return false;
-  }
+  if (const auto b = bool_spelling(n)) return *b;
   type_error(o, n, key, "true or false");
 }
 
@@ -93,6 +100,7 @@ struct Key {
   std::function<void(DistillOptions&, const YAML::Node&, const Origin&)> set;
   std::function<std::string(const DistillOptions&)> show;
   bool resume_relevant = true;
+  bool without_effect = false;  // a reference (kd-dae) key kdae accepts and ignores, with a warning
 };
 
 Key int_key(std::string section, std::string name, int64_t DistillOptions::*m, std::string help) {
@@ -204,6 +212,51 @@ Key not_for_resume(Key k) {
   return k;
 }
 
+// A key of the reference's run_kd.yml / run_dae.yml that has no meaning in kdae: accepted and type-checked
+// so those files run unchanged, outside the config hash, and named in one warning (docs/migrating.md).
+Key without_effect(std::string name, std::string type, std::string shown_default, std::string help,
+                   std::function<void(const YAML::Node&, const Origin&)> check) {
+  Key k{name, type, "Accepted from kd-dae configs, without effect", help,
+        [check](DistillOptions&, const YAML::Node& n, const Origin& o) { check(n, o); },
+        [shown_default](const DistillOptions&) { return shown_default; }};
+  k.resume_relevant = false;
+  k.without_effect = true;
+  return k;
+}
+
+// load_in_8bit / load_in_4bit: false is the reference's default and means what kdae does anyway; true asks
+// for quantized loading, which kdae does not have, so it is refused rather than silently run in full size.
+Key quantized_loading_key(const std::string& name, const std::string& bits) {
+  return without_effect(
+      name, "bool", "false",
+      "The reference's bitsandbytes " + bits + "-bit loading. `false` is accepted; `true` is an error: kdae has no " +
+          bits + "-bit loading (use `teacher_dtype: bfloat16` to halve the teacher's memory, or `use_peft: true` for "
+          "a LoRA student).",
+      [name, bits](const YAML::Node& n, const Origin& o) {
+        if (as_bool(n, name, o))
+          fail(o.at(n), ": key '", name, "': kdae cannot load models in ", bits, "-bit (no quantized loading); set ",
+               name, ": false, and use teacher_dtype: bfloat16 (half the teacher's memory) or use_peft: true instead");
+      });
+}
+
+void reference_keys(std::vector<Key>& t) {
+  auto any_string = [](std::string name) {
+    return [name](const YAML::Node& n, const Origin& o) { as_string(n, name, o); };
+  };
+  t.push_back(without_effect("experiment_name", "string", "\"\"",
+                             "The reference's run name; kdae names a run by its output_dir.", any_string("experiment_name")));
+  t.push_back(without_effect("description", "string", "\"\"", "Free text of the reference's configs.", any_string("description")));
+  t.push_back(without_effect("local_rank", "int", "-1",
+                             "Set by the reference's DeepSpeed launcher; kdae trains in one process and takes its device from `device`.",
+                             [](const YAML::Node& n, const Origin& o) { as_int(n, "local_rank", o); }));
+  t.push_back(without_effect("deepspeed", "string", "\"\"",
+                             "A DeepSpeed JSON of the reference; kdae does not use DeepSpeed (memory: gradient_checkpointing, "
+                             "use_peft, dtype, teacher_dtype, teacher_cache).",
+                             any_string("deepspeed")));
+  t.push_back(quantized_loading_key("load_in_8bit", "8"));
+  t.push_back(quantized_loading_key("load_in_4bit", "4"));
+}
+
 const std::vector<Key>& key_table() {
   using D = DistillOptions;
   static const std::vector<Key> table = [] {
@@ -221,8 +274,8 @@ const std::vector<Key>& key_table() {
                          "A checkpoint directory, `latest` (or `true`) for the newest checkpoint in output_dir; empty or `false` = fresh run.");
       k.type = "string|bool";
       k.set = [](D& d, const YAML::Node& n, const Origin& o) {
-        if (n.IsScalar() && (n.Scalar() == "true" || n.Scalar() == "false")) {
-          d.resume_from_checkpoint = n.Scalar() == "true" ? "latest" : "";
+        if (const auto b = bool_spelling(n)) {  // the reference's resume_from_checkpoint: False / True
+          d.resume_from_checkpoint = *b ? "latest" : "";
           return;
         }
         d.resume_from_checkpoint = as_string(n, "resume_from_checkpoint", o);
@@ -264,7 +317,7 @@ const std::vector<Key>& key_table() {
     t.push_back(float_key(lo, "jsd_beta", &D::jsd_beta, "Mixture weight of the generalized JSD."));
     t.push_back(float_key(lo, "skew_alpha", &D::skew_alpha, "Skew of skew_kl."));
     t.push_back(enum_key(lo, "loss_normalization", &D::loss_normalization, {"token", "sequence"}, "Average the KD loss over supervised tokens, or per sequence then over sequences."));
-    t.push_back(float_key(lo, "attn_weight", &D::attn_weight, "Weight of the attention-map KL term (KD only)."));
+    t.push_back(float_key(lo, "attn_weight", &D::attn_weight, "Weight of the attention-map KL term; < 0 = the command's default: 1 for distill (the paper's L_attn), 0 for align (the DAE loss has none)."));
     t.push_back(float_key(lo, "hidden_weight", &D::hidden_weight, "Weight of the hidden-state term; 0 = off."));
     t.push_back(enum_key(lo, "hidden_loss", &D::hidden_loss, {"mse", "cosine"}, "Hidden-state distance."));
     {
@@ -317,6 +370,7 @@ const std::vector<Key>& key_table() {
     t.push_back(Key{"teachers", "mapping", da, "{domain: path} or {domain: {path | cache, temperature, weight}}; `cache` is a `kdae teacher-cache` directory of that teacher (no attention/hidden KD, no eval during training); a teacher without a temperature uses `temperature`. Replaces target_model_path + domain_model_path.", set_teachers, show_teachers});
     t.push_back(float_key(da, "domain_fraction", &D::domain_fraction, "Share of domain samples in each epoch's order."));
     t.push_back(enum_key(da, "on_missing_domain", &D::on_missing_domain, {"error", "skip"}, "A sample whose domain has no teacher: stop with an error, or skip it."));
+    reference_keys(t);
     return t;
   }();
   return table;
@@ -343,6 +397,14 @@ const Key* find_key(const std::string& name) {
   fail(where, ": unknown key '", name, "'", hint, "; docs/config.md lists every key");
 }
 
+void warn_without_effect(const std::string& source, const std::vector<std::string>& names) {
+  if (names.empty()) return;
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  std::cerr << "kdae: warning: " << source << ": kd-dae keys without effect in kdae, ignored: " << list
+            << " (docs/migrating.md)\n";
+}
+
 }  // namespace
 
 void apply_config_text(DistillOptions& options, const std::string& yaml_text, const std::string& source) {
@@ -356,6 +418,7 @@ void apply_config_text(DistillOptions& options, const std::string& yaml_text, co
   const Origin origin{source};
   if (!root.IsMap()) fail(source, ":", root.Mark().line + 1, ": a run config must be a mapping of key: value");
   std::set<std::string> seen;
+  std::vector<std::string> ignored;
   for (const auto& entry : root) {
     if (!entry.first.IsScalar()) fail(origin.at(entry.first), ": keys must be plain names");
     const std::string name = entry.first.Scalar();
@@ -363,7 +426,9 @@ void apply_config_text(DistillOptions& options, const std::string& yaml_text, co
     if (!key) unknown_key(origin.at(entry.first), name);
     if (!seen.insert(name).second) fail(origin.at(entry.first), ": key '", name, "' appears twice");
     key->set(options, entry.second, origin);
+    if (key->without_effect) ignored.push_back(name);
   }
+  warn_without_effect(source, ignored);
 }
 
 void apply_config_override(DistillOptions& options, const std::string& kv) {
@@ -380,6 +445,7 @@ void apply_config_override(DistillOptions& options, const std::string& kv) {
     fail(origin.source, ": invalid YAML value: ", e.msg);
   }
   key->set(options, value, origin);
+  if (key->without_effect) warn_without_effect(origin.source, {name});
 }
 
 DistillOptions load_run_config(const std::filesystem::path& path, const std::vector<std::string>& overrides,
@@ -403,7 +469,9 @@ std::string config_reference_markdown() {
       << "`kdae distill --config run.yaml` and `kdae align --config run.yaml` read a YAML mapping of the keys below "
          "(see examples/run_kd.yaml and examples/run_dae.yaml). `--set key=value` (repeatable) overrides one key "
          "after the file is read; the value is parsed as YAML with the same rules. Unknown keys, a key given twice "
-         "and values of the wrong type are errors naming the file, line and key. Every key takes effect; keys marked "
+         "and values of the wrong type are errors naming the file, line and key. Every key takes effect, except "
+         "those of the last section, which the reference's (kd-dae) configs carry: they are accepted with one warning "
+         "naming them (docs/migrating.md). Keys marked "
          "\"no\" under *resume* may change when resuming, all others are covered by the config hash stored in "
          "each checkpoint.\n";
   std::string section;

@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr char kMagic[8] = {'K', 'D', 'A', 'E', 'D', 'S', 'C', '\0'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
 constexpr uint32_t kEndian = 0x01020304;
 
 struct Header {
@@ -67,7 +67,9 @@ void copy_out(std::vector<T>& dst, const unsigned char* src, size_t count) {
 nlohmann::json meta_of(const Dataset& d) {
   nlohmann::json skipped = nlohmann::json::object();
   for (const auto& [reason, n] : d.stats.skipped) skipped[reason] = n;
-  return {{"lines", d.stats.lines}, {"truncated", d.stats.truncated}, {"skipped", skipped},
+  nlohmann::json ignored = nlohmann::json::object();
+  for (const auto& [field, n] : d.stats.ignored_fields) ignored[field] = n;
+  return {{"lines", d.stats.lines}, {"truncated", d.stats.truncated}, {"skipped", skipped}, {"ignored_fields", ignored},
           {"domain_names", d.domain_names}, {"chat_template", d.chat_template}};
 }
 
@@ -89,6 +91,7 @@ Dataset decode(const Mapping& m, const Header& h) {
   d.stats.lines = meta.at("lines").get<int64_t>();
   d.stats.truncated = meta.at("truncated").get<int64_t>();
   for (const auto& [reason, n] : meta.at("skipped").items()) d.stats.skipped[reason] = n.get<int64_t>();
+  for (const auto& [field, n] : meta.at("ignored_fields").items()) d.stats.ignored_fields[field] = n.get<int64_t>();
   d.samples.resize(h.samples);
   for (uint64_t i = 0; i < h.samples; ++i) {
     if (offsets[i + 1] < offsets[i]) fail("token offsets decrease at sample ", i);

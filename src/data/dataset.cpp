@@ -69,6 +69,7 @@ class Builder {
 
   void add(JsonlRecord&& r) {
     ++d_.stats.lines;
+    for (const auto& field : r.ignored_fields) ++d_.stats.ignored_fields[field];
     where_ = str(d_.path.string(), ":", r.line);
     if (!r.skip_reason.empty()) return invalid(r.skip_reason, r.skip_reason);
     std::optional<Rendered> rendered = render(r);
@@ -154,6 +155,15 @@ void warn(Dataset& d, const std::string& message) {
   d.warnings.push_back(message);
 }
 
+// Said on every load, cached or not: the file still carries the fields.
+void warn_ignored_fields(Dataset& d) {
+  if (d.stats.ignored_fields.empty()) return;
+  std::string list;
+  for (const auto& [field, lines] : d.stats.ignored_fields)
+    list += str(list.empty() ? "" : ", ", field, " (", lines, lines == 1 ? " line)" : " lines)");
+  warn(d, str(d.path.string(), ": ignored fields: ", list, "; the fields read are listed in docs/data.md"));
+}
+
 }  // namespace
 
 Dataset load_dataset(const fs::path& jsonl, const tok::Tokenizer& tokenizer, const DatasetOptions& options) {
@@ -168,6 +178,7 @@ Dataset load_dataset(const fs::path& jsonl, const tok::Tokenizer& tokenizer, con
     cache_file = dataset_cache_file(options.cache_dir, fingerprint);
     if (auto cached = read_dataset_cache(cache_file, fingerprint, &cache_problem)) {
       cached->path = jsonl;
+      warn_ignored_fields(*cached);
       return std::move(*cached);
     }
   }
@@ -176,6 +187,7 @@ Dataset load_dataset(const fs::path& jsonl, const tok::Tokenizer& tokenizer, con
   read_jsonl(bytes, jsonl.string(), [&](JsonlRecord&& r) { builder.add(std::move(r)); });
   Dataset d = builder.finish();
   d.fingerprint = fingerprint;
+  warn_ignored_fields(d);
   if (!cache_problem.empty())
     warn(d, str("dataset cache ", cache_file.string(), " is invalid (", cache_problem, "); rebuilt it"));
   if (!cache_file.empty()) {

@@ -3,7 +3,8 @@
 //   {"instruction": "...", "input": "...", "output": "..."}                          Alpaca (input optional)
 //   {"prompt": "...", "response": "..."}                                            one user/assistant turn
 //   {"text": "<s>[INST] p [/INST] a</s>..."}                                         the paper's reference format
-// plus optional "domain" (string, or 0/1 / true/false = "general"/"domain") and "weight" (number > 0).
+// plus optional "domain" (string, or 0/1 / true/false = "general"/"domain"), the reference's "is_domain"
+// (0/1 / true/false) and "weight" (number > 0). Other fields are counted per field and named in a warning.
 // Errors name the file and 1-based line. Torch-free.
 #pragma once
 #include <cstdint>
@@ -42,6 +43,7 @@ struct DatasetStats {
   int64_t supervised_tokens = 0;
   int64_t truncated = 0;                    // kept but cut to seq_length
   std::map<std::string, int64_t> skipped;   // reason -> count ("too long", "no supervised tokens", "duplicate", ...)
+  std::map<std::string, int64_t> ignored_fields;  // field no form reads -> lines carrying it (reported as a warning)
   std::vector<int64_t> lengths;             // token count per kept sample (histograms)
 };
 

@@ -2,8 +2,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <optional>
 
 #include "common/error.h"
 #include "tokenizer/utf8.h"
@@ -60,6 +62,45 @@ std::string parse_domain(const json& v, const std::string& where) {
   }
   if (v.is_string() && !v.get<std::string>().empty()) return v.get<std::string>();
   fail(where, ": domain must be 0/1 or a name, got ", v.dump());
+}
+
+// The reference's own flag: only 0/1/true/false, so a domain name here is an error too.
+std::string parse_is_domain(const json& v, const std::string& where) {
+  const bool flag_like = v.is_boolean() || v.is_number_integer() || v.is_number_unsigned();
+  if (!flag_like) fail(where, ": is_domain must be 0/1 or true/false, got ", v.dump());
+  return parse_domain(v, where);
+}
+
+// The sample's domain from "domain" and/or the reference's "is_domain"; both present must agree.
+std::optional<std::string> read_domain(const json& obj, const std::string& where) {
+  std::optional<std::string> domain, is_domain;
+  if (const auto it = obj.find("domain"); it != obj.end() && !it->is_null()) domain = parse_domain(*it, where);
+  if (const auto it = obj.find("is_domain"); it != obj.end() && !it->is_null()) is_domain = parse_is_domain(*it, where);
+  if (domain && is_domain && *domain != *is_domain)
+    fail(where, ": domain (", obj.at("domain").dump(), ") and is_domain (", obj.at("is_domain").dump(),
+         ") disagree; keep one of them");
+  return domain ? domain : is_domain;
+}
+
+// Fields this line's form does not read (a typo such as "is_domian", or another form's field): reported
+// per file by the caller, since silently dropping them hides mistakes.
+std::vector<std::string> unread_fields(const json& obj, SampleForm form) {
+  static const std::vector<std::string> common = {"domain", "is_domain", "weight"};
+  std::vector<std::string> read;
+  switch (form) {
+    case SampleForm::messages: read = {"messages"}; break;
+    case SampleForm::alpaca: read = {"instruction", "input", "output"}; break;
+    case SampleForm::prompt_response: read = {"prompt", "response"}; break;
+    case SampleForm::text: read = {"text"}; break;
+  }
+  std::vector<std::string> out;
+  for (const auto& item : obj.items()) {
+    const std::string& key = item.key();
+    if (std::find(read.begin(), read.end(), key) == read.end() &&
+        std::find(common.begin(), common.end(), key) == common.end())
+      out.push_back(key);
+  }
+  return out;
 }
 
 float parse_weight(const json& v, const std::string& where) {
@@ -132,7 +173,8 @@ JsonlRecord parse_jsonl_line(std::string_view line, int64_t line_no, const std::
   } else {
     fail(where, ": no sample found: expected 'messages', 'instruction' + 'output', 'prompt' + 'response' or 'text'");
   }
-  if (const auto it = obj.find("domain"); it != obj.end() && !it->is_null()) r.domain = parse_domain(*it, where);
+  if (auto domain = read_domain(obj, where)) r.domain = std::move(*domain);
+  r.ignored_fields = unread_fields(obj, r.form);
   if (const auto it = obj.find("weight"); it != obj.end() && !it->is_null()) r.weight = parse_weight(*it, where);
   if (r.form != SampleForm::text) r.skip_reason = conversation_problem(r.messages);
   return r;

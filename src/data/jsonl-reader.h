@@ -1,7 +1,7 @@
 // One JSONL data line -> a conversation (or a reference-format text) with its domain and weight,
 // before any template or tokenizer is involved. The accepted forms are listed in data/dataset.h.
 // Structural problems (bad JSON, missing fields, wrong types, unknown roles, bad domain/weight) throw
-// "FILE:LINE: ..."; per-sample content problems (invalid UTF-8, empty answer, conversation ending
+// "FILE:LINE: ..." (so does a line whose "domain" and "is_domain" disagree); per-sample content problems (invalid UTF-8, empty answer, conversation ending
 // with a user turn) come back as a skip reason so the caller can count them. Torch-free.
 #pragma once
 #include <cstdint>
@@ -23,9 +23,11 @@ struct JsonlRecord {
   std::vector<Message> messages;   // messages / alpaca / prompt_response (alpaca and prompt-response
                                    // become one user turn and one assistant turn)
   std::string text;                // text (reference format)
-  std::string domain = "general";  // 0/false = "general", 1/true = "domain", or the given name
+  std::string domain = "general";  // "domain" or the reference's "is_domain": 0/false = "general", 1/true = "domain",
+                                   // or the given name ("domain" only)
   float weight = 1.0f;
   std::string skip_reason;         // non-empty: the line is well-formed but unusable as a sample
+  std::vector<std::string> ignored_fields;  // fields of the line that its form does not read
 };
 
 // Parses one non-blank line; `where` ("FILE:LINE") prefixes every error.

@@ -38,6 +38,9 @@ void validate_distill_options(DistillOptions& o, RunKind kind) {
   required("base_model_path", o.base_model_path);
   required("training_data_path", o.training_data_path);
   required("output_dir", o.output_dir);
+  // The paper's two stages differ here: KD has L_attn, DAE has none (paper-notes), so the reference's
+  // run_dae.yml, which sets no weight, must not get one.
+  if (o.attn_weight < 0) o.attn_weight = kind == RunKind::distill ? 1.0 : 0.0;
 
   check(o.learning_rate > 0, "learning_rate", "> 0", o.learning_rate);
   check(o.train_batch_size >= 1, "train_batch_size", ">= 1", double(o.train_batch_size));
@@ -63,7 +66,6 @@ void validate_distill_options(DistillOptions& o, RunKind kind) {
   check(o.jsd_beta > 0 && o.jsd_beta < 1, "jsd_beta", "in (0, 1)", o.jsd_beta);
   check(o.skew_alpha >= 0 && o.skew_alpha < 1, "skew_alpha", "in [0, 1)", o.skew_alpha);
   one_of("loss_normalization", o.loss_normalization, {"token", "sequence"});
-  check(o.attn_weight >= 0, "attn_weight", ">= 0", o.attn_weight);
   check(o.hidden_weight >= 0, "hidden_weight", ">= 0", o.hidden_weight);
   one_of("hidden_loss", o.hidden_loss, {"mse", "cosine"});
   for (int64_t layer : o.layer_map) check(layer >= 0, "layer_map", "a list of layer indices >= 0", double(layer));

@@ -65,7 +65,7 @@ struct DistillOptions {
   double jsd_beta = 0.5;
   double skew_alpha = 0.1;
   std::string loss_normalization = "token";  // token | sequence
-  double attn_weight = 1.0;
+  double attn_weight = -1;  // < 0 = the command's default: 1 for distill (the paper's L_attn), 0 for align (DAE has none)
   double hidden_weight = 0.0;
   std::string hidden_loss = "mse";  // mse | cosine
   std::vector<int64_t> layer_map;   // teacher layer for each student layer; empty = 1:1 or uniform spread

@@ -7,6 +7,7 @@
 
 #include "distill/head-loss.h"
 #include "distill/kd-objective.h"
+#include "numeric.h"
 
 using namespace kdae::distill;
 
@@ -33,6 +34,12 @@ World make_world() {
   w.labels.index_put_({3, torch::indexing::Slice()}, -100);  // a row without supervision
   w.token_mask = torch::roll(w.labels.ne(-100), 1, 1);      // unshifted, kd-dae style
   w.weights = torch::tensor({1.0f, 0.5f, 2.0f, 1.0f});
+  // head_tolerance() below is derived for these magnitudes.
+  auto range = [](const torch::Tensor& x) { return (x.max() - x.min()).item<double>(); };
+  const double log_ratio = range(torch::matmul(w.hidden, w.head.t())) + range(torch::matmul(w.t_hidden, w.t_head.t()));
+  const double hidden = std::max(w.hidden.abs().max().item<double>(), w.t_hidden.abs().max().item<double>());
+  TORCH_CHECK(log_ratio < 50 && hidden < 3, "head_loss_test world outside its tolerance's derivation: widest log-ratio ",
+              log_ratio, ", largest |hidden| ", hidden);
   return w;
 }
 
@@ -85,25 +92,31 @@ Outcome run(const World& w, const KdObjectiveOptions& opts, bool fused, std::vec
   return o;
 }
 
+// The two paths share inputs and formulas but not the order of their float32 sums: the softmax and
+// divergence over W = 40 logits (log-ratios below the student's plus the teacher's logit range, < 50 here,
+// checked in make_world), then the weighted sum over B * T = 28 rows; gradients wrt the head sum 28 rows
+// of (p - q) * hidden (|hidden| < 3). So n = W + B * T and m = 50 * 3 bound every quantity compared:
+// 1.2e-3, while every comparison here held at 1e-5 under avx2 and the scalar (default) kernels.
+double head_tolerance() { return kdae::test::fp32_reduction_tolerance(W + B * T, 150.0); }
+
 void expect_same(const Outcome& fused, const Outcome& plain) {
   auto close = [](const torch::Tensor& a, const torch::Tensor& b) {
-    return torch::allclose(a, b, 1e-5, 1e-5);
+    return kdae::test::all_close(a, b, head_tolerance());
   };
-  EXPECT_TRUE(close(fused.terms.total, plain.terms.total))
-      << fused.terms.total.item<double>() << " vs " << plain.terms.total.item<double>();
+  EXPECT_TRUE(close(fused.terms.total, plain.terms.total.detach()));
   EXPECT_TRUE(close(fused.terms.ce, plain.terms.ce.detach()));
   EXPECT_TRUE(close(fused.terms.pred_layer_loss, plain.terms.pred_layer_loss.detach()));
   EXPECT_EQ(fused.terms.supervised_tokens, plain.terms.supervised_tokens);
   EXPECT_EQ(fused.terms.ce_tokens, plain.terms.ce_tokens);
   ASSERT_EQ(fused.terms.per_teacher.size(), plain.terms.per_teacher.size());
   for (size_t i = 0; i < fused.terms.per_teacher.size(); ++i) {
-    EXPECT_NEAR(fused.terms.per_teacher[i].first, plain.terms.per_teacher[i].first, 1e-5);
+    EXPECT_TRUE(kdae::test::near(fused.terms.per_teacher[i].first, plain.terms.per_teacher[i].first, head_tolerance()));
     EXPECT_EQ(fused.terms.per_teacher[i].second, plain.terms.per_teacher[i].second);
   }
   ASSERT_TRUE(fused.d_hidden.defined());
   ASSERT_TRUE(plain.d_hidden.defined());
-  EXPECT_TRUE(close(fused.d_hidden, plain.d_hidden)) << (fused.d_hidden - plain.d_hidden).abs().max().item<double>();
-  EXPECT_TRUE(close(fused.d_head, plain.d_head)) << (fused.d_head - plain.d_head).abs().max().item<double>();
+  EXPECT_TRUE(close(fused.d_hidden, plain.d_hidden));
+  EXPECT_TRUE(close(fused.d_head, plain.d_head));
 }
 
 }  // namespace
@@ -189,7 +202,7 @@ TEST(HeadLoss, NoGradModeGivesValuesOnly) {
   plain.student_hidden = torch::Tensor();
   plain.student_logits = torch::matmul(w.hidden, w.head.t());
   plain.teachers = parts(w, false);
-  EXPECT_NEAR(terms.total.item<double>(), kd_objective(plain, opts).total.item<double>(), 1e-5);
+  EXPECT_TRUE(kdae::test::near(terms.total.item<double>(), kd_objective(plain, opts).total.item<double>(), head_tolerance()));
 }
 
 TEST(HeadLoss, HeadRowsAreCheckedAgainstTheHidden) {

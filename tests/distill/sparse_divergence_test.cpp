@@ -1,14 +1,20 @@
 // The sparse (top-k + tail) divergence against the dense one: equal at k = V (values and student
-// gradients to 1e-6), close at k = 64 on a peaked distribution, the temperature rescale, and the
+// gradients within the fp32 rounding of a V-term reduction), close at k = 64 on a peaked distribution, the temperature rescale, and the
 // pred term's shape checks.
 #include <gtest/gtest.h>
 #include <torch/types.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "common/error.h"
 #include "distill/divergence.h"
 #include "distill/sparse-divergence.h"
+#include "numeric.h"
 
 using namespace kdae::distill;
+using kdae::test::all_close;
+using kdae::test::fp32_reduction_tolerance;
 
 namespace {
 
@@ -46,6 +52,7 @@ TEST(SparseDivergence, EqualsTheDenseDivergenceAtFullVocabulary) {
   const int64_t V = 50;
   auto student = torch::randn({12, V + 6}) * 2;  // (N, Vs) a padded head
   auto teacher = torch::randn({12, V}) * 2;      // (N, V)
+  const double range = (student.max() - student.min() + teacher.max() - teacher.min()).item<double>();
   for (auto kind : {Divergence::ForwardKL, Divergence::ReverseKL, Divergence::JSD, Divergence::SkewKL, Divergence::TVD}) {
     for (double tau : {1.0, 2.0}) {
       SparseDivergenceOptions o;
@@ -61,15 +68,14 @@ TEST(SparseDivergence, EqualsTheDenseDivergenceAtFullVocabulary) {
       for (double tau_c : {tau, 1.5}) {
         auto got = sparse(student, top_k_rows(teacher, V, tau_c), o);
         auto want = dense(student, teacher, d);  // softmax(z / tau_c)^(tau_c / tau) = softmax(z / tau)
-        // Within 1e-6 of max(1, |value / tau^2|) * tau^2: both sides are fp32 (the stored log-probs too)
-        // and the tau^2 factor scales their rounding; unscaled values reach ~5 nats here.
-        EXPECT_TRUE(((got.value - want.value).abs() <= 1e-6 * tau * tau * (want.value / (tau * tau)).abs().clamp_min(1))
-                        .all().item<bool>())
-            << divergence_name(kind) << " tau " << tau << " tau_c " << tau_c << ": "
-            << (got.value - want.value).abs().max().item<double>();
-        EXPECT_TRUE(torch::allclose(got.grad, want.grad, 0, 1e-6))
-            << divergence_name(kind) << " tau " << tau << " tau_c " << tau_c << ": "
-            << (got.grad - want.grad).abs().max().item<double>();
+        // Both sides are fp32 (the stored log-probs too) and differ in rounding only: sums over V = 50
+        // entries of terms bounded by the widest log-ratio, (range(s) + range(t)) / min(tau, tau_c), and
+        // the value carries the tau^2 factor. Observed: gradients 1.8e-6 apart under
+        // ATEN_CPU_CAPABILITY=default (reverse-kl), below 1e-6 under avx2.
+        const double magnitude = range / std::min(tau, tau_c);
+        SCOPED_TRACE(divergence_name(kind) + " tau " + std::to_string(tau) + " tau_c " + std::to_string(tau_c));
+        EXPECT_TRUE(all_close(got.value, want.value, tau * tau * fp32_reduction_tolerance(V, magnitude)));
+        EXPECT_TRUE(all_close(got.grad, want.grad, fp32_reduction_tolerance(V, magnitude)));
         EXPECT_EQ(got.grad.narrow(1, V, 6).abs().max().item<float>(), 0.0f);
       }
     }
@@ -108,11 +114,13 @@ TEST(SparseDivergence, TemperatureRescaleIsExactOnlyAtFullVocabulary) {
   // The rescaled rows stay normalized, and the top-k ratios are exact: p_i / p_j = (p_c,i / p_c,j)^(tau_c / tau).
   auto moved = rescale_temperature(part, 2.0, 30);
   auto total = moved.logprobs.exp().sum(1) + moved.tail;  // (N)
-  EXPECT_TRUE(torch::allclose(total, torch::ones({4}), 0, 1e-6));
+  EXPECT_TRUE(all_close(total, torch::ones({4}), fp32_reduction_tolerance(11, 1.0)));  // 10 probabilities + tail
   auto want = at::log_softmax(teacher / 2.0, 1).gather(1, part.ids);  // (N, k)
   auto got_ratio = moved.logprobs - moved.logprobs.narrow(1, 0, 1);
   auto want_ratio = want - want.narrow(1, 0, 1);
-  EXPECT_TRUE(torch::allclose(got_ratio, want_ratio, 0, 1e-5));
+  // Differences of log-probs of magnitude <= range / 2 + log 30, each from a 30-term log-sum-exp.
+  const double magnitude = (teacher.max() - teacher.min()).item<double>() / 2 + std::log(30.0);
+  EXPECT_TRUE(all_close(got_ratio, want_ratio, 2 * fp32_reduction_tolerance(30, magnitude)));
 }
 
 TEST(SparseDivergence, AbsentEntriesCountTowardTheTail) {
@@ -130,7 +138,10 @@ TEST(SparseDivergence, AbsentEntriesCountTowardTheTail) {
   dropped.tail = k10.tail + k10.logprobs.narrow(1, 8, 2).exp().sum(1);
   SparseDivergenceOptions o;
   o.vocab = 40;
-  EXPECT_TRUE(torch::allclose(sparse(student, dropped, o).value, sparse(student, k8, o).value, 0, 1e-6));
+  // The same sums over 40 entries with two more exact zeros; log-ratios below range(s) + range(t).
+  const double magnitude = (student.max() - student.min() + teacher.max() - teacher.min()).item<double>();
+  EXPECT_TRUE(all_close(sparse(student, dropped, o).value, sparse(student, k8, o).value,
+                        fp32_reduction_tolerance(40, magnitude)));
 }
 
 TEST(SparseDivergence, PredTermUsesTheMaskRowsAndNamesMismatches) {
@@ -146,10 +157,12 @@ TEST(SparseDivergence, PredTermUsesTheMaskRowsAndNamesMismatches) {
   auto got = sparse_distillation_loss(student, mask, sparse_rows, o);
   auto want = distillation_loss(student, teacher, mask, o.divergence);
   EXPECT_EQ(got.count, 5);
-  EXPECT_NEAR(got.loss.item<double>(), want.loss.item<double>(), 1e-6);
+  // A mean of 5 rows, each a 20-term sum of log-ratios below range(s) + range(t).
+  const double tol = fp32_reduction_tolerance(5 * V, (student.max() - student.min() + teacher.max() - teacher.min()).item<double>());
+  EXPECT_TRUE(kdae::test::near(got.loss.item<double>(), want.loss.item<double>(), tol));
   o.divergence.normalization = Normalization::SequenceMean;
-  EXPECT_NEAR(sparse_distillation_loss(student, mask, sparse_rows, o).loss.item<double>(),
-              distillation_loss(student, teacher, mask, o.divergence).loss.item<double>(), 1e-6);
+  EXPECT_TRUE(kdae::test::near(sparse_distillation_loss(student, mask, sparse_rows, o).loss.item<double>(),
+                               distillation_loss(student, teacher, mask, o.divergence).loss.item<double>(), tol));
   auto fewer = mask.clone();
   fewer[0][1] = false;
   try {
