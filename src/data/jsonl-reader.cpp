@@ -66,8 +66,9 @@ std::string parse_domain(const json& v, const std::string& where) {
 
 // The reference's own flag: only 0/1/true/false, so a domain name here is an error too.
 std::string parse_is_domain(const json& v, const std::string& where) {
-  const bool flag_like = v.is_boolean() || v.is_number_integer() || v.is_number_unsigned();
-  if (!flag_like) fail(where, ": is_domain must be 0/1 or true/false, got ", v.dump());
+  const bool flag = v.is_boolean() || ((v.is_number_integer() || v.is_number_unsigned()) &&
+                                       (v.get<int64_t>() == 0 || v.get<int64_t>() == 1));
+  if (!flag) fail(where, ": is_domain must be 0/1 or true/false, got ", v.dump());
   return parse_domain(v, where);
 }
 

@@ -177,3 +177,34 @@ TEST(RunConfig, HashCoversTrainingButNotCadence) {
   EXPECT_NE(cli::config_hash(a), cli::config_hash(b));
   EXPECT_EQ(cli::config_hash(a).size(), 16u);
 }
+
+TEST(RunConfig, ReferenceKeysAreAcceptedWithOneWarningAndTheirBooleansMeanWhatTheyMeanThere) {
+  train::DistillOptions o;
+  testing::internal::CaptureStderr();
+  cli::apply_config_text(o, "experiment_name: run_kd\nresume_from_checkpoint: False\nlocal_rank: -1\nload_in_8bit: False\n"
+                       "deepspeed: \"\"\ndescription: \"\"\n", "run_kd.yml");
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(err, "kdae: warning: run_kd.yml: kd-dae keys without effect in kdae, ignored: experiment_name, local_rank, "
+                 "load_in_8bit, deepspeed, description (docs/migrating.md)\n");
+  EXPECT_EQ(o.resume_from_checkpoint, "");
+  const std::string hash = cli::config_hash(o);
+  cli::apply_config_text(o, "resume_from_checkpoint: True\n", "run_kd.yml");
+  EXPECT_EQ(o.resume_from_checkpoint, "latest");
+  EXPECT_EQ(cli::config_hash(train::DistillOptions{}), hash);  // keys without effect stay out of the resume hash
+  EXPECT_EQ(error_of("load_in_4bit: True\n").rfind("run.yaml:1: key 'load_in_4bit': kdae cannot load models in 4-bit", 0), 0u);
+  EXPECT_EQ(error_of("local_rank: zero\n"), "run.yaml:1: key 'local_rank': expected an integer, got 'zero'");
+}
+
+TEST(RunConfig, AttentionWeightDefaultsToEachStagesLoss) {
+  train::DistillOptions kd, dae;
+  kd.base_model_path = dae.base_model_path = "s";
+  kd.training_data_path = dae.training_data_path = "d";
+  kd.output_dir = dae.output_dir = "o";
+  kd.target_model_path = dae.target_model_path = "t";
+  dae.domain_model_path = "e";
+  dae.domain_fraction = 0.1;
+  train::validate_distill_options(kd, train::RunKind::distill);
+  train::validate_distill_options(dae, train::RunKind::align);
+  EXPECT_EQ(kd.attn_weight, 1.0);   // L_attn of the paper's KD loss
+  EXPECT_EQ(dae.attn_weight, 0.0);  // the DAE loss has none
+}
