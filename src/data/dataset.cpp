@@ -10,6 +10,7 @@
 #include "data/dataset-cache.h"
 #include "data/jsonl-reader.h"
 #include "data/loss-mask.h"
+#include "data/pickle-reader.h"
 #include "tokenizer/tokenizer-json.h"
 
 namespace kdae::data {
@@ -184,7 +185,11 @@ Dataset load_dataset(const fs::path& jsonl, const tok::Tokenizer& tokenizer, con
   }
 
   Builder builder(jsonl, tokenizer, options, chat);
-  read_jsonl(bytes, jsonl.string(), [&](JsonlRecord&& r) { builder.add(std::move(r)); });
+  const auto add = [&](JsonlRecord&& r) { builder.add(std::move(r)); };
+  if (looks_like_pickle(bytes))
+    read_reference_pickle(bytes, jsonl.string(), add);  // the reference's own data files
+  else
+    read_jsonl(bytes, jsonl.string(), add);
   Dataset d = builder.finish();
   d.fingerprint = fingerprint;
   warn_ignored_fields(d);

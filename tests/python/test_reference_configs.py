@@ -5,6 +5,7 @@ disagreeing or bad flags are errors naming the line; unknown fields are reported
 import json
 import os
 import pathlib
+import pickle
 
 import pytest
 
@@ -46,8 +47,15 @@ def rows_of(path):
     return [json.loads(l) for l in pathlib.Path(path).read_text().splitlines()]
 
 
+def write_pickle(path, items, protocol=pickle.DEFAULT_PROTOCOL):
+    path.write_bytes(pickle.dumps(items, protocol=protocol))
+    return path
+
+
 def test_reference_kd_config_runs_with_only_paths_set(world, tmp_path):
-    data = write_lines(tmp_path / "kd.jsonl", reference_lines(rows_of(world["train.jsonl"])[:16]))
+    # The reference's KD data file as it is: a pickled list of strings.
+    texts = [l["text"] for l in reference_lines(rows_of(world["train.jsonl"])[:16])]
+    data = write_pickle(tmp_path / "kd.pkl", texts)
     out = tmp_path / "kd"
     proc = run("distill", "--config", ASSETS / "run_kd.yml", "--set", f"base_model_path={world['student']}",
                "--set", f"target_model_path={world['teacher']}", "--set", f"training_data_path={data}",
@@ -68,7 +76,9 @@ def test_reference_kd_config_runs_with_only_paths_set(world, tmp_path):
 
 def test_reference_dae_config_runs_with_only_paths_set(world, tmp_path):
     rows = rows_of(world["mixed.jsonl"])[:48]
-    data = write_lines(tmp_path / "dae.jsonl", reference_lines(rows, flag=lambda r: r.get("domain", 0)))
+    # The reference's DAE data file as it is: a pickled list of (text, is_domain) pairs.
+    pairs = [(l["text"], l["is_domain"]) for l in reference_lines(rows, flag=lambda r: r.get("domain", 0))]
+    data = write_pickle(tmp_path / "dae.pkl", pairs)
     out = tmp_path / "dae"
     proc = run("align", "--config", ASSETS / "run_dae.yml", "--set", f"base_model_path={world['student']}",
                "--set", f"target_model_path={world['teacher']}", "--set", f"domain_model_path={world['expert']}",
@@ -160,3 +170,34 @@ def test_reference_keys_that_kdae_cannot_honour_fail_naming_them(world, tmp_path
     cfg.write_text(text)
     proc = run("distill", "--config", cfg, *common, check=False)
     assert proc.returncode == 1 and "True" not in proc.stderr.split("error:")[-1]
+
+
+def dump(world, data, tmp_path, name):
+    out = tmp_path / f"{name}.dump.jsonl"
+    run("data", "inspect", "--data", data, "--tokenizer", world["student"], "--dump-json", out)
+    return [json.loads(l) for l in out.read_text().splitlines()]
+
+
+def test_reference_pickles_read_as_their_jsonl(world, tmp_path):
+    rows = rows_of(world["mixed.jsonl"])[:20]
+    lines = reference_lines(rows, flag=lambda r: r.get("domain", 0))
+    want = dump(world, write_lines(tmp_path / "ref.jsonl", lines), tmp_path, "jsonl")
+    assert {s["domain"] for s in want} == {"general", "domain"}
+    for protocol in (2, 3, 4, 5):
+        pairs = [(l["text"], bool(l["is_domain"]) if i % 2 else l["is_domain"]) for i, l in enumerate(lines)]
+        got = dump(world, write_pickle(tmp_path / f"p{protocol}.pkl", pairs, protocol), tmp_path, f"p{protocol}")
+        assert got == want, protocol
+    texts = dump(world, write_pickle(tmp_path / "texts.pkl", [l["text"] for l in lines]), tmp_path, "texts")
+    assert [s["ids"] for s in texts] == [s["ids"] for s in want] and {s["domain"] for s in texts} == {"general"}
+
+
+def test_bad_pickles_fail_naming_file_and_place(world, tmp_path):
+    good = pickle.dumps([("<s>[INST] a [/INST] b</s>", 1)] * 3)
+    cases = {"truncated": (good[:-5], "ends early"), "flag": (pickle.dumps([("<s>[INST] a [/INST] b</s>", 2)]), "item 1"),
+             "object": (pickle.dumps([pathlib.PurePosixPath("x")]), "opcode"),
+             "tuple": (pickle.dumps(("<s>[INST] a [/INST] b</s>",)), "no list of samples")}
+    for name, (data, message) in cases.items():
+        path = tmp_path / f"{name}.pkl"
+        path.write_bytes(data)
+        proc = run("data", "inspect", "--data", path, "--tokenizer", world["student"], check=False)
+        assert proc.returncode == 1 and f"{name}.pkl" in proc.stderr and message in proc.stderr, (name, proc.stderr)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The device check in one run (the `device` tool's machine: CUDA, cmake, ninja, PyTorch in /opt/torch/.venv,
+# no internet): prints the toolchain, builds kdae against that venv's LibTorch, runs every C++ test (the
+# CUDA ones skip without a device and run here), then the numeric suites under the other CPU capability.
+# Extend it with each GPU test and benchmark as they land; keep it one command that fits a few minutes.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+VENV="${KDAE_VENV:-/opt/torch/.venv}"
+BUILD="${KDAE_BUILD:-build-gpu}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+g++ --version | head -1; cmake --version | head -1; command -v nvcc >/dev/null && nvcc --version | tail -1
+"$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())'
+if [ ! -f "$BUILD/build.ninja" ]; then
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKDAE_PYTHON="$VENV/bin/python" || exit 1
+fi
+time cmake --build "$BUILD" -j "$(nproc)" || exit 1
+status=0
+for t in "$BUILD"/tests/kdae_*_tests; do
+  echo "== $t"
+  "$t" --gtest_brief=1 || status=1
+done
+echo "== CUDA tests by name"
+"$BUILD/tests/kdae_train_tests" --gtest_filter='*Cuda*' || status=1
+exit $status
