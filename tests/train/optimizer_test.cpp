@@ -1,11 +1,14 @@
 // The fused AdamW path against the plain reference path, state save/load, the no-decay rule and
 // clipping. (tests/python/test_optimizer.py ties both paths to torch.optim.AdamW.)
 #include <gtest/gtest.h>
+
+#include <algorithm>
 #include <torch/cuda.h>
 #include <torch/types.h>
 
 #include "common/error.h"
 #include "train/lr-schedule.h"
+#include "numeric.h"
 #include "train/optimizer.h"
 
 using namespace kdae::train;
@@ -71,9 +74,18 @@ TEST(Optimizer, FusedMatchesReference) {
       opt->step(schedule.lr_at(step + 1));
     }
   }
-  EXPECT_LT(max_diff(fused.params(), ref.params()), 1e-6);
+  // Both paths apply the same elementwise update in another order of float32 operations. Per step and
+  // element that is about two roundings of |p| (< 4.5 for these randn parameters) and, through the clip
+  // scale (a 288-element sum of squares), a relative 288 eps of an update below lr = 1e-2; the moments
+  // (|m|, |v| < 2.5) carry the same clip-scale error. Ten steps.
+  double largest = 0;
+  for (const auto& [n, p] : init) largest = std::max(largest, p.abs().max().item<double>());
+  ASSERT_LT(largest, 4.5);
+  using kdae::test::fp32_reduction_tolerance;
+  const double param_tol = fp32_reduction_tolerance(10 * 2, 4.5) + fp32_reduction_tolerance(10 * 288, 1e-2);
+  EXPECT_LT(max_diff(fused.params(), ref.params()), param_tol);
   EXPECT_GT(max_diff(fused.params(), init), 1e-2);  // the comparison is not vacuous
-  EXPECT_LT(max_diff(fused.state(), ref.state()), 1e-6);
+  EXPECT_LT(max_diff(fused.state(), ref.state()), fp32_reduction_tolerance(10 * (288 + 2), 2.5));
 }
 
 TEST(Optimizer, StateRoundTripContinuesIdentically) {
