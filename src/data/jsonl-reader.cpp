@@ -87,20 +87,18 @@ std::optional<std::string> read_domain(const json& obj, const std::string& where
 // per file by the caller, since silently dropping them hides mistakes.
 std::vector<std::string> unread_fields(const json& obj, SampleForm form) {
   static const std::vector<std::string> common = {"domain", "is_domain", "weight"};
-  std::vector<std::string> read;
-  switch (form) {
-    case SampleForm::messages: read = {"messages"}; break;
-    case SampleForm::alpaca: read = {"instruction", "input", "output"}; break;
-    case SampleForm::prompt_response: read = {"prompt", "response"}; break;
-    case SampleForm::text: read = {"text"}; break;
-  }
+  static const std::vector<std::string> messages = {"messages"}, alpaca = {"instruction", "input", "output"},
+                                        prompt_response = {"prompt", "response"}, text = {"text"};
+  const auto& read = form == SampleForm::messages ? messages
+                     : form == SampleForm::alpaca ? alpaca
+                     : form == SampleForm::prompt_response ? prompt_response
+                                                           : text;
+  auto known = [](const std::vector<std::string>& names, const std::string& key) {
+    return std::find(names.begin(), names.end(), key) != names.end();
+  };
   std::vector<std::string> out;
-  for (const auto& item : obj.items()) {
-    const std::string& key = item.key();
-    if (std::find(read.begin(), read.end(), key) == read.end() &&
-        std::find(common.begin(), common.end(), key) == common.end())
-      out.push_back(key);
-  }
+  for (const auto& item : obj.items())
+    if (!known(read, item.key()) && !known(common, item.key())) out.push_back(item.key());
   return out;
 }
 

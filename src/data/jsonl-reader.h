@@ -1,8 +1,9 @@
 // One JSONL data line -> a conversation (or a reference-format text) with its domain and weight,
 // before any template or tokenizer is involved. The accepted forms are listed in data/dataset.h.
 // Structural problems (bad JSON, missing fields, wrong types, unknown roles, bad domain/weight) throw
-// "FILE:LINE: ..." (so does a line whose "domain" and "is_domain" disagree); per-sample content problems (invalid UTF-8, empty answer, conversation ending
-// with a user turn) come back as a skip reason so the caller can count them. Torch-free.
+// "FILE:LINE: ..." (so does a line whose "domain" and "is_domain" disagree); per-sample content
+// problems (invalid UTF-8, empty answer, conversation ending with a user turn) come back as a skip
+// reason so the caller can count them. Fields no form reads are listed per record. Torch-free.
 #pragma once
 #include <cstdint>
 #include <functional>

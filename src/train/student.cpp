@@ -1,7 +1,6 @@
 #include "train/student.h"
 
 #include <iostream>
-
 #include <set>
 
 #include "common/device.h"

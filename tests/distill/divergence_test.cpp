@@ -52,7 +52,8 @@ TEST(Divergence, ChunkedMatchesPlainForEveryKind) {
       SCOPED_TRACE(divergence_name(kind) + " tau " + std::to_string(tau));
       // The paths differ only in rounding: each value and gradient entry comes from sums over the 37
       // vocabulary entries of terms no larger than the widest log-ratio, (range(s) + range(t)) / tau.
-      // Observed: 1.8e-6 under ATEN_CPU_CAPABILITY=default/avx512 (reverse-kl), < 1e-6 under avx2.
+      // Observed: 1.85e-6 under ATEN_CPU_CAPABILITY=default (reverse-kl; the failure AVX-512 machines
+      // reported), < 1e-6 under avx2.
       const double magnitude = (student.max() - student.min() + teacher.max() - teacher.min()).item<double>() / tau;
       const double tol = fp32_reduction_tolerance(37, magnitude);
       EXPECT_TRUE(all_close(chunked.value, plain.value, tol));
@@ -75,11 +76,13 @@ TEST(Divergence, Bf16LogitsKeepAnFp32ValueAndBf16Gradient) {
   auto plain = run(student, teacher, rows, opts, torch::ones({6}));
   EXPECT_EQ(chunked.value.scalar_type(), torch::kFloat32);
   EXPECT_EQ(chunked.grad.scalar_type(), torch::kBFloat16);
-  // Both paths compute in fp32 from the same bf16 inputs (V = 30, log-ratios below 2 * range = ~40).
-  EXPECT_TRUE(all_close(chunked.value, plain.value, fp32_reduction_tolerance(30, 40)));
+  // Both paths compute in fp32 from the same bf16 inputs: V = 30, log-ratios below range(s) + range(t).
+  const double magnitude =
+      (student.max() - student.min() + teacher.max() - teacher.min()).to(torch::kFloat64).item<double>();
+  EXPECT_TRUE(all_close(chunked.value, plain.value, fp32_reduction_tolerance(30, magnitude)));
   // The gradients are rounded to bf16 at the end: half a bf16 ulp of entries below 1, plus the fp32 part.
   EXPECT_TRUE(all_close(chunked.grad.to(torch::kFloat32), plain.grad.to(torch::kFloat32),
-                        fp32_reduction_tolerance(30, 40), kdae::test::kBf16Eps));
+                        fp32_reduction_tolerance(30, magnitude), kdae::test::kBf16Eps));
 }
 
 TEST(Divergence, IdenticalDistributionsGiveZero) {
