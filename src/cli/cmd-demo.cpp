@@ -1,6 +1,7 @@
-// kdae demo: the README's main job. From a real teacher it builds a depth-pruned student, distills it
-// (KD) and, as the baseline, fine-tunes the same student on the same answers with CE only (SFT), then
-// compares the initial, SFT and KD students on held-out data and shows a sample answer from each.
+// kdae demo: the README's main job. From a real teacher it builds a depth-pruned student (the layers
+// that matter least removed), distills it (KD, from a teacher cache computed once) and, as the
+// baseline, fine-tunes the same student on the same answers with CE only (SFT); then it compares
+// teacher, initial, SFT and KD students on held-out data and on their own greedy answers.
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -12,12 +13,17 @@
 
 #include "cli/commands.h"
 #include "cli/generation.h"
+#include "cli/pruning.h"
 #include "cli/run-config.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/threads.h"
+#include "data/dataset.h"
+#include "eval/answer-stats.h"
 #include "io/hf-model.h"
 #include "model/prune.h"
+#include "tokenizer/tokenizer.h"
+#include "train/teacher-cache-writer.h"
 #include "train/trainer.h"
 
 namespace kdae::cli {
@@ -26,22 +32,45 @@ namespace fs = std::filesystem;
 
 struct DemoRow {
   std::string name;
+  fs::path model;
   double ce = 0, perplexity = 0, kl = 0;
-  std::string answer;
+  std::vector<std::string> answers;
+  eval::AnswerStats stats;
 };
 
-fs::path make_student(const fs::path& teacher, const fs::path& out, int64_t keep_every) {
-  const fs::path dir = out / "student-init";
+// Seconds per phase, for the report's last line.
+class PhaseClock {
+ public:
+  void lap(const std::string& phase) {
+    const auto now = std::chrono::steady_clock::now();
+    laps_.emplace_back(phase, std::chrono::duration<double>(now - last_).count());
+    last_ = now;
+  }
+  double total() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+  const std::vector<std::pair<std::string, double>>& laps() const { return laps_; }
+
+ private:
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now(), last_ = start_;
+  std::vector<std::pair<std::string, double>> laps_;
+};
+
+fs::path make_student(const Args& args, const fs::path& out, std::vector<int64_t>* kept) {
+  const fs::path teacher = args.get("teacher"), dir = out / "student-init";
   auto model = io::load_model(teacher);
-  const auto layers = model::every_kth_layer(model->config().num_layers, keep_every);
-  auto student = model::keep_layers(model, layers);
+  model->eval();
+  const auto tokenizer = tok::Tokenizer::load(teacher);
+  PruneSpec spec = prune_spec_from(args);
+  spec.data = (fs::path(args.get("data")) / "train.jsonl").string();
+  spec.chat_template = args.get("template");
+  spec.seq_length = args.get_int("seq-length");
+  *kept = choose_layers(model, *tokenizer, spec).kept;
+  auto student = model::keep_layers(model, *kept);
   io::SaveOptions save;
   save.overwrite = true;
   save.copy_tokenizer_from = teacher;
   io::save_model(student, dir, save);
-  std::cerr << "demo: student = teacher layers";
-  for (auto l : layers) std::cerr << " " << l;
-  std::cerr << " (" << layers.size() << " of " << model->config().num_layers << ") -> " << dir.string() << "\n";
+  std::cerr << "demo: student (" << kept->size() << " of " << model->config().num_layers << " layers) -> " << dir.string()
+            << "\n";
   return dir;
 }
 
@@ -54,6 +83,7 @@ train::DistillOptions run_options(const Args& args, const fs::path& student, con
   o.eval_data_path = (data / "heldout.jsonl").string();
   o.output_dir = out_dir.string();
   o.overwrite = true;
+  o.chat_template = args.get("template") == "auto" ? "" : args.get("template");
   o.seq_length = args.get_int("seq-length");
   o.learning_rate = args.get_double("learning-rate");
   o.train_batch_size = args.get_int("batch-size");
@@ -76,77 +106,151 @@ train::DistillOptions run_options(const Args& args, const fs::path& student, con
   return o;
 }
 
-DemoRow measure(const std::string& name, const train::DistillOptions& base, const fs::path& model_dir) {
+// The teacher's top-k signal over the training data, computed once; the KD run reads it every epoch.
+void write_cache(const train::DistillOptions& kd, const fs::path& dir) {
+  fs::remove_all(dir);  // the demo owns it; a cache of another teacher or data must not be resumed
+  const auto tokenizer = tok::Tokenizer::load(kd.target_model_path);
+  const auto dopts = train::dataset_options(kd);
+  const auto dataset = data::load_dataset(kd.training_data_path, *tokenizer, dopts);
+  const auto key = train::cache_key_for(*tokenizer, dataset, dopts.chat_template, dopts.seq_length);
+  auto teacher = io::load_model(kd.target_model_path);
+  teacher->eval();
+  const auto pad = tokenizer->special().pad ? tokenizer->special().pad : tokenizer->special().eos;
+  const auto summary = train::write_teacher_cache(dir, dataset, key, teacher, kd.target_model_path, pad ? *pad : 0,
+                                                  torch::kCPU, train::TeacherCaptureOptions{});
+  std::cerr << "demo: teacher cache " << dir.string() << ": " << train::describe(summary);
+}
+
+void measure(DemoRow& row, const train::DistillOptions& base) {
   train::DistillOptions o = base;
-  o.base_model_path = model_dir.string();
-  DemoRow row{name};
+  o.base_model_path = row.model.string();
+  o.teacher_cache.clear();  // held-out KL needs the live teacher
   for (const auto& [key, value] : train::evaluate_student(o, train::RunKind::distill)) {
     if (key == "eval/ce_loss") row.ce = value;
     if (key == "eval/perplexity") row.perplexity = value;
     if (key == "eval/kl") row.kl = value;
   }
-  return row;
 }
 
-// The first held-out user prompt, for the sample answers.
-std::string first_prompt(const fs::path& heldout) {
+// The first n held-out user prompts, for the answers.
+std::vector<std::string> heldout_prompts(const fs::path& heldout, int64_t n) {
   std::ifstream in(heldout);
+  if (!in) fail(heldout.string(), ": cannot open");
+  std::vector<std::string> prompts;
   std::string line;
-  std::getline(in, line);
-  const auto j = nlohmann::json::parse(line, nullptr, false);
-  if (j.is_discarded() || !j.contains("messages")) fail(heldout.string(), ":1: expected a {\"messages\": [...]} line");
-  return j["messages"][0]["content"].get<std::string>();
+  for (int64_t number = 1; static_cast<int64_t>(prompts.size()) < n && std::getline(in, line); ++number) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("messages") || !j["messages"].is_array() || j["messages"].empty() ||
+        !j["messages"][0].contains("content") || !j["messages"][0]["content"].is_string())
+      fail(heldout.string(), ":", number, ": expected a {\"messages\": [{\"role\": \"user\", \"content\": ...}, ...]} line");
+    prompts.push_back(j["messages"][0]["content"].get<std::string>());
+  }
+  if (prompts.empty()) fail(heldout.string(), ": no held-out prompts");
+  return prompts;
 }
 
-std::string sample_answer(const fs::path& model_dir, const std::string& prompt) {
-  Generator generator(model_dir.string(), "auto", torch::kCPU, torch::kFloat32);
+void answer(DemoRow& row, const std::vector<std::string>& prompts, const Args& args) {
+  Generator generator(row.model.string(), args.get("template"), torch::kCPU, torch::kFloat32);
   model::GenerateOptions options;
-  options.max_new_tokens = 48;
-  return generator.reply({{"user", prompt}}, options, nullptr);
+  options.max_new_tokens = args.get_int("answer-tokens");
+  std::vector<std::vector<int64_t>> ids;
+  for (const auto& prompt : prompts) {
+    generator.reset();
+    row.answers.push_back(generator.reply({{"user", prompt}}, options, nullptr));
+    ids.push_back(generator.last_ids());
+  }
+  row.stats = eval::answer_stats(ids, 4);
 }
 
-std::string report(const std::vector<DemoRow>& rows, const std::string& prompt, const std::string& setup,
-                   double seconds) {
+// An answer as markdown quote lines (answers hold newlines).
+std::string quoted(const std::string& text) {
+  if (text.empty()) return "> (empty: the model ended its turn at once)\n";
+  std::string out = "> ";
+  for (char c : text) out += c == '\n' ? std::string("\n> ") : std::string(1, c);
+  return out + "\n";
+}
+
+std::string report(const std::vector<DemoRow>& rows, const std::vector<std::string>& prompts, const std::string& setup,
+                   const PhaseClock& clock, int64_t shown, int64_t answer_tokens) {
   std::ostringstream s;
   s << std::fixed << std::setprecision(3);
   s << "# kdae demo report\n\n" << setup << "\n\n";
-  s << "| student | held-out CE | perplexity | KL to teacher |\n|---|---|---|---|\n";
+  s << "| model | held-out CE | perplexity | KL to teacher | answers with a 4+ token run | distinct-token ratio |\n"
+    << "|---|---|---|---|---|---|\n";
   for (const auto& r : rows)
-    if (r.name != "teacher") s << "| " << r.name << " | " << r.ce << " | " << r.perplexity << " | " << r.kl << " |\n";
-  s << "\nSample answers (greedy, 48 tokens) to: " << prompt << "\n";
-  for (const auto& r : rows) s << "\n**" << r.name << "**: " << r.answer << "\n";
-  s << "\nTotal time: " << std::setprecision(0) << seconds << " s\n";
+    s << "| " << r.name << " | " << r.ce << " | " << r.perplexity << " | " << r.kl << " | " << r.stats.with_repeat
+      << " / " << r.stats.answers << " | " << r.stats.distinct_ratio << " |\n";
+  s << "\nAnswers: greedy, at most " << answer_tokens << " tokens, to the first " << prompts.size()
+    << " held-out prompts (the last two columns count them all; an empty answer counts as distinct-token ratio 0).\n";
+  for (int64_t p = 0; p < std::min<int64_t>(shown, static_cast<int64_t>(prompts.size())); ++p) {
+    s << "\n### Prompt " << p + 1 << ": " << prompts[p] << "\n";
+    for (const auto& r : rows) s << "\n**" << r.name << "**:\n" << quoted(r.answers[p]);
+  }
+  s << "\nTotal time: " << std::setprecision(0) << clock.total() << " s (";
+  for (size_t i = 0; i < clock.laps().size(); ++i)
+    s << (i ? ", " : "") << clock.laps()[i].first << " " << clock.laps()[i].second << " s";
+  s << ")\n";
+  return s.str();
+}
+
+nlohmann::json report_json(const std::vector<DemoRow>& rows, const std::vector<int64_t>& kept, double seconds) {
+  nlohmann::json j = {{"student_layers", kept}, {"seconds", seconds}};
+  for (const auto& r : rows)
+    j["rows"].push_back({{"name", r.name}, {"ce", r.ce}, {"perplexity", r.perplexity}, {"kl", r.kl},
+                         {"answers", r.stats.answers}, {"with_repeat", r.stats.with_repeat}, {"empty", r.stats.empty},
+                         {"distinct_ratio", r.stats.distinct_ratio}, {"sample_answers", r.answers}});
+  return j;
+}
+
+std::string setup_line(const Args& args, const std::vector<int64_t>& kept, bool cached) {
+  std::ostringstream s;
+  s << "Teacher " << args.get("teacher") << "; student = teacher layers";
+  for (auto l : kept) s << " " << l;
+  s << " (" << kept.size() << " layers, --prune " << args.get("prune") << "); data " << args.get("data") << "; "
+    << (args.get_int("max-steps") > 0 ? args.get("max-steps") + " steps" : args.get("epochs") + " epoch(s)")
+    << " of " << args.get("batch-size") << " sequences, lr " << args.get("learning-rate") << ", seq "
+    << args.get("seq-length") << "; KD teacher signal " << (cached ? "from a top-64 teacher cache" : "live")
+    << ". KL = forward KL(teacher || model) per supervised token on the held-out answers.";
   return s.str();
 }
 
 int run_demo(const Args& args) {
-  const auto start = std::chrono::steady_clock::now();
+  PhaseClock clock;
   set_threads(static_cast<int>(args.get_int("threads")));
   const fs::path teacher = args.get("teacher"), out = args.get("out");
+  const std::string cache_mode = args.get("teacher-cache");
+  if (cache_mode != "on" && cache_mode != "off") usage_fail("--teacher-cache must be on or off, got ", cache_mode);
+  if (args.get_int("answers") < 1 || args.get_int("answer-tokens") < 1) usage_fail("--answers and --answer-tokens must be >= 1");
   fs::create_directories(out);
-  const fs::path student = make_student(teacher, out, args.get_int("keep-every"));
-  const auto kd = run_options(args, student, out / "kd", 1.0);
+  std::vector<int64_t> kept;
+  const fs::path student = make_student(args, out, &kept);
+  clock.lap("pruning");
+  auto kd = run_options(args, student, out / "kd", 1.0);
   const auto sft = run_options(args, student, out / "sft", 0.0);
+  if (cache_mode == "on") {
+    write_cache(kd, out / "teacher-cache");
+    kd.teacher_cache = (out / "teacher-cache").string();
+    clock.lap("teacher cache");
+  }
   std::cerr << "demo: knowledge distillation (lambda = 1, forward KL to the teacher)\n";
   train::run_training(kd, train::RunKind::distill, config_hash(kd));
+  clock.lap("KD");
   std::cerr << "demo: baseline SFT (lambda = 0, cross-entropy on the same answers)\n";
   train::run_training(sft, train::RunKind::distill, config_hash(sft));
+  clock.lap("SFT");
   std::cerr << "demo: held-out evaluation\n";
-  std::vector<DemoRow> rows = {measure("initial (pruned)", kd, student), measure("SFT", kd, out / "sft" / "model"),
-                               measure("KD", kd, out / "kd" / "model")};
-  const std::string prompt = first_prompt(fs::path(args.get("data")) / "heldout.jsonl");
-  for (auto& row : rows)
-    row.answer = sample_answer(row.name == "KD" ? out / "kd" / "model" : row.name == "SFT" ? out / "sft" / "model" : student,
-                               prompt);
-  rows.insert(rows.begin(), DemoRow{"teacher", 0, 0, 0, sample_answer(teacher, prompt)});
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::ostringstream setup;
-  setup << "Teacher " << teacher.string() << "; student = teacher layers 0, K, 2K, ... and the last, K = " << args.get("keep-every")
-        << "; data " << args.get("data") << "; " << (args.get_int("max-steps") > 0 ? args.get("max-steps") + " steps" : args.get("epochs") + " epoch(s)") << ", lr "
-        << args.get("learning-rate") << ", batch " << args.get("batch-size") << ", seq " << args.get("seq-length")
-        << ". KL = forward KL(teacher || student) per supervised token on the held-out answers.";
-  const std::string text = report(rows, prompt, setup.str(), seconds);
+  std::vector<DemoRow> rows = {{"teacher", teacher}, {"initial (pruned)", student}, {"SFT", out / "sft" / "model"},
+                               {"KD", out / "kd" / "model"}};
+  for (auto& row : rows) measure(row, kd);
+  clock.lap("evaluation");
+  std::cerr << "demo: answers to held-out prompts\n";
+  const auto prompts = heldout_prompts(fs::path(args.get("data")) / "heldout.jsonl", args.get_int("answers"));
+  for (auto& row : rows) answer(row, prompts, args);
+  clock.lap("answers");
+  const std::string text = report(rows, prompts, setup_line(args, kept, cache_mode == "on"), clock,
+                                  args.get_int("show"), args.get_int("answer-tokens"));
   write_file_atomic(out / "report.md", text);
+  write_file_atomic(out / "report.json", report_json(rows, kept, clock.total()).dump(2) + "\n");
   std::cout << text;
   if (rows[3].kl >= rows[2].kl) std::cerr << "demo: warning: the KD student did not beat SFT on held-out KL\n";
   return 0;
@@ -159,23 +263,29 @@ Command demo_command() {
   c.name = "demo";
   c.summary = "prune a real teacher into a student, distill it, compare with SFT";
   c.description =
-      "Builds a student from --teacher by keeping every --keep-every-th layer, trains it once by knowledge\n"
-      "distillation and once by plain SFT on --data/train.jsonl, and prints held-out CE, perplexity and KL to the\n"
-      "teacher (--data/heldout.jsonl) for the initial, SFT and KD students, plus a sample answer from each; the\n"
-      "same goes to --out/report.md. scripts/demo.sh runs it on SmolLM2-135M-Instruct and data/demo.";
+      "Builds a student from --teacher by depth pruning (--prune), trains it once by knowledge distillation and\n"
+      "once by plain SFT on --data/train.jsonl, and reports held-out CE, perplexity and KL to the teacher\n"
+      "(--data/heldout.jsonl) for the teacher, the initial, SFT and KD students, with degeneracy figures of their\n"
+      "greedy answers to held-out prompts and a few of those answers; the same goes to --out/report.md and\n"
+      "--out/report.json. scripts/demo.sh runs it on SmolLM2-135M-Instruct and data/demo (docs/demo.md).";
   c.options = {
       {"teacher", "DIR", "teacher HF directory", "", false, true},
       {"data", "DIR", "directory with train.jsonl and heldout.jsonl (chat messages)", "", false, true},
       {"out", "DIR", "where the students, runs and report.md go", "", false, true},
-      {"keep-every", "K", "student = teacher layers 0, K, 2K, ... and the last", "3"},
+      {"template", "NAME", "chat template of the data (auto = from the teacher's tokenizer)", "auto"},
+      {"teacher-cache", "on|off", "KD reads the teacher's top-64 signal computed once (on) or runs the teacher live (off)", "on"},
       {"epochs", "N", "training epochs of each student (when --max-steps is -1)", "1"},
-      {"max-steps", "N", "optimizer steps of each student; -1 = --epochs (the default keeps the demo near 10 minutes)", "20"},
+      {"max-steps", "N", "optimizer steps of each student; -1 = --epochs", "20"},
       {"learning-rate", "LR", "peak learning rate (cosine, 10% warmup)", "6e-4"},
       {"batch-size", "N", "sequences per step", "8"},
       {"seq-length", "N", "tokens per sequence", "256"},
+      {"answers", "N", "held-out prompts every model answers (degeneracy figures)", "8"},
+      {"answer-tokens", "N", "tokens per answer at most (greedy)", "48"},
+      {"show", "N", "answers per model printed in the report", "3"},
       {"seed", "N", "random seed", "42"},
       {"threads", "N", "CPU threads (0 = all cores)", "0"},
   };
+  for (auto& o : prune_options()) c.options.push_back(o);
   c.run = run_demo;
   return c;
 }

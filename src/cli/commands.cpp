@@ -21,6 +21,7 @@ const std::vector<Command>& all_commands() {
       demo_command(),
       upcycle_command(),
       teacher_cache_command(),
+      prune_command(),
   };
   return commands;
 }

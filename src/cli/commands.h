@@ -24,5 +24,6 @@ Command eval_command();
 Command demo_command();
 Command upcycle_command();
 Command teacher_cache_command();
+Command prune_command();
 
 }  // namespace kdae::cli

@@ -56,6 +56,8 @@ distill::KdObjectiveOptions objective_options(const DistillOptions& o, int64_t t
   return k;
 }
 
+}  // namespace
+
 data::DatasetOptions dataset_options(const DistillOptions& o) {
   data::DatasetOptions d;
   d.chat_template = o.chat_template;
@@ -68,6 +70,8 @@ data::DatasetOptions dataset_options(const DistillOptions& o) {
   d.cache_dir = dataset_cache_dir(o.data_cache_dir);
   return d;
 }
+
+namespace {
 
 int32_t pad_id_of(const tok::Tokenizer& t) {
   if (t.special().pad) return *t.special().pad;

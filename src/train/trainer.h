@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 
+#include "data/dataset.h"
 #include "train/distill-options.h"
 #include "train/metrics-log.h"
 
@@ -23,6 +24,9 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
 // `kdae eval`: the student at options.base_model_path against the run's teachers on
 // options.eval_data_path (same metrics as evaluation during training, per domain for align).
 Scalars evaluate_student(const DistillOptions& options, RunKind kind);
+
+// The loader options of a run's data (what kdae teacher-cache must use for the fingerprints to agree).
+data::DatasetOptions dataset_options(const DistillOptions& options);
 
 // $KDAE_HOME (default ~/.cache/kdae)/datasets unless the option names a directory; "none" = empty.
 std::filesystem::path dataset_cache_dir(const std::string& option);

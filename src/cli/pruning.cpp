@@ -1,0 +1,81 @@
+#include "cli/pruning.h"
+
+#include <iomanip>
+#include <iostream>
+
+#include "common/error.h"
+#include "data/batch.h"
+#include "data/dataset.h"
+#include "model/layer-importance.h"
+#include "model/prune.h"
+
+namespace kdae::cli {
+namespace {
+
+// The first spec.calibration_samples samples of spec.data, four per batch; the counted positions are
+// those whose next token is supervised (the answers).
+std::vector<model::CalibrationBatch> calibration_batches(const tok::Tokenizer& tokenizer, const PruneSpec& spec,
+                                                         torch::Device device) {
+  if (spec.data.empty()) usage_fail("pruning by importance needs calibration data (--data)");
+  data::DatasetOptions options;
+  options.chat_template = spec.chat_template == "auto" ? "" : spec.chat_template;
+  options.seq_length = spec.seq_length;
+  const auto dataset = data::load_dataset(spec.data, tokenizer, options);
+  const auto pad = tokenizer.special().pad ? tokenizer.special().pad : tokenizer.special().eos;
+  const size_t n = std::min<size_t>(static_cast<size_t>(spec.calibration_samples), dataset.samples.size());
+  if (n == 0) fail(spec.data, ": no samples to calibrate the pruning on");
+  std::vector<model::CalibrationBatch> batches;
+  for (size_t begin = 0; begin < n; begin += 4) {
+    std::vector<std::vector<const data::TokenizedSample*>> rows;
+    for (size_t i = begin; i < std::min(n, begin + 4); ++i) rows.push_back({&dataset.samples[i]});
+    const auto batch = data::collate(rows, pad ? *pad : 0);
+    batches.push_back({batch.input_ids.to(device), (batch.labels.reshape({-1}) != -100).nonzero().reshape({-1})});
+  }
+  return batches;
+}
+
+}  // namespace
+
+std::vector<Option> prune_options() {
+  return {
+      {"prune", "METHOD", "importance: drop, one at a time, the layer whose removal changes the model's answers least "
+                          "(KL on calibration samples); every: keep layers 0, K, 2K, ... and the last", "importance"},
+      {"keep-layers", "N", "layers the pruned model keeps (--prune importance)", "20"},
+      {"keep-every", "K", "keep every K-th layer and the last (--prune every)", "3"},
+      {"calibration-samples", "N", "training conversations the importance is measured on (their answer tokens)", "8"},
+  };
+}
+
+PruneSpec prune_spec_from(const Args& args) {
+  PruneSpec spec;
+  spec.method = args.get("prune");
+  if (spec.method != "importance" && spec.method != "every") usage_fail("--prune must be importance or every, got ", spec.method);
+  spec.keep_layers = args.get_int("keep-layers");
+  spec.keep_every = args.get_int("keep-every");
+  spec.calibration_samples = args.get_int("calibration-samples");
+  if (spec.calibration_samples < 1) usage_fail("--calibration-samples must be >= 1");
+  return spec;
+}
+
+PruneChoice choose_layers(model::Transformer& model, const tok::Tokenizer& tokenizer, const PruneSpec& spec) {
+  PruneChoice choice;
+  const int64_t N = model->config().num_layers;
+  if (spec.method == "every") {
+    choice.kept = model::every_kth_layer(N, spec.keep_every);
+  } else {
+    const auto device = model->parameters().front().device();
+    const auto batches = calibration_batches(tokenizer, spec, device);
+    std::cerr << "prune: measuring layer importance on " << std::min<int64_t>(spec.calibration_samples, 1 << 30)
+              << " calibration samples of " << spec.data << " (" << (N - spec.keep_layers) << " rounds)\n";
+    choice.kept = model::keep_by_importance(model, batches, spec.keep_layers, &choice.removed);
+    for (const auto& [layer, kl] : choice.removed)
+      std::cerr << "prune: removed layer " << layer << " (KL to the unpruned model so far: " << std::setprecision(4)
+                << kl << " nats/token)\n";
+  }
+  std::cerr << "prune: keeping layers";
+  for (auto l : choice.kept) std::cerr << " " << l;
+  std::cerr << " (" << choice.kept.size() << " of " << N << ")\n";
+  return choice;
+}
+
+}  // namespace kdae::cli

@@ -1,0 +1,36 @@
+// How much each decoder layer matters to a model's output: the KL divergence between the model's
+// next-token distribution and that of the same model with the layer removed, per counted position
+// (the measure depth pruning keeps layers by; see model/prune.h). Layers whose removal changes the
+// output least are the ones a pruned student can lose most cheaply.
+//
+// Dimension legend: B batch, T time, R counted positions of a batch, V vocabulary.
+#pragma once
+#include <torch/types.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "model/transformer.h"
+
+namespace kdae::model {
+
+// Calibration text: token ids (B, T) and the flat indices (R) into B * T of the positions whose
+// next-token distribution counts (an answer's tokens; right padding excluded).
+struct CalibrationBatch {
+  torch::Tensor input_ids;
+  torch::Tensor positions;
+};
+
+// For each layer l not in `removed`: KL(model || model without `removed` and l) per counted
+// position, averaged over the batches (with `removed` empty: the cost of removing l alone). Entries of removed layers are NaN. Layers before l are run once and shared by every
+// branch, so one call costs about half of N separate pruned forwards.
+std::vector<double> layer_removal_kl(Transformer& model, const std::vector<CalibrationBatch>& batches,
+                                     const std::vector<int64_t>& removed = {});
+
+// The `keep` layers to keep by greedy removal: rounds of layer_removal_kl, each removing the layer
+// whose removal on top of the earlier rounds' keeps the model closest to the unpruned one;
+// ascending. rounds_log receives each round's layer and the KL after removing it, when given.
+std::vector<int64_t> keep_by_importance(Transformer& model, const std::vector<CalibrationBatch>& batches, int64_t keep,
+                                        std::vector<std::pair<int64_t, double>>* rounds_log = nullptr);
+
+}  // namespace kdae::model
