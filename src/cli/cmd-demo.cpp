@@ -80,7 +80,6 @@ train::DistillOptions run_options(const Args& args, const fs::path& student, con
   o.base_model_path = student.string();
   o.target_model_path = args.get("teacher");
   o.training_data_path = (data / "train.jsonl").string();
-  o.eval_data_path = (data / "heldout.jsonl").string();
   o.output_dir = out_dir.string();
   o.overwrite = true;
   o.chat_template = args.get("template") == "auto" ? "" : args.get("template");
@@ -124,6 +123,7 @@ void write_cache(const train::DistillOptions& kd, const fs::path& dir) {
 void measure(DemoRow& row, const train::DistillOptions& base) {
   train::DistillOptions o = base;
   o.base_model_path = row.model.string();
+  o.eval_data_path = (fs::path(o.training_data_path).parent_path() / "heldout.jsonl").string();
   o.teacher_cache.clear();  // held-out KL needs the live teacher
   for (const auto& [key, value] : train::evaluate_student(o, train::RunKind::distill)) {
     if (key == "eval/ce_loss") row.ce = value;

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "common/progress.h"
 #include "data/batch.h"
 #include "data/dataset.h"
 #include "model/layer-importance.h"
@@ -65,12 +66,25 @@ PruneChoice choose_layers(model::Transformer& model, const tok::Tokenizer& token
   } else {
     const auto device = model->parameters().front().device();
     const auto batches = calibration_batches(tokenizer, spec, device);
-    std::cerr << "prune: measuring layer importance on " << std::min<int64_t>(spec.calibration_samples, 1 << 30)
-              << " calibration samples of " << spec.data << " (" << (N - spec.keep_layers) << " rounds)\n";
-    choice.kept = model::keep_by_importance(model, batches, spec.keep_layers, &choice.removed);
+    const int64_t rounds = N - spec.keep_layers, n_batches = static_cast<int64_t>(batches.size());
+    if (spec.keep_layers < 1 || rounds < 0) fail("--keep-layers must be in [1, ", N, "], got ", spec.keep_layers);
+    std::cerr << "prune: measuring layer importance on " << spec.calibration_samples << " calibration samples of "
+              << spec.data << " (" << rounds << " rounds of greedy removal)\n";
+    int64_t branches = 0;  // (candidate, batch) pairs over all rounds: N, N - 1, ... candidates
+    for (int64_t r = 0; r < rounds; ++r) branches += (N - r) * n_batches;
+    Progress progress({.label = "prune", .total = branches});
+    model::ImportanceCallbacks callbacks;
+    callbacks.on_branch = [&] { progress.advance(); };
+    callbacks.on_round = [&](int64_t layer, double kl) {
+      choice.removed.emplace_back(layer, kl);
+      progress.set("removed", static_cast<double>(layer));
+      progress.set("kl", kl);
+    };
+    choice.kept = model::keep_by_importance(model, batches, spec.keep_layers, callbacks);
+    progress.finish();
     for (const auto& [layer, kl] : choice.removed)
-      std::cerr << "prune: removed layer " << layer << " (KL to the unpruned model so far: " << std::setprecision(4)
-                << kl << " nats/token)\n";
+      std::cerr << "prune: removed layer " << layer << " (KL to the unpruned model after this round: "
+                << std::setprecision(4) << kl << " nats/token)\n";
   }
   std::cerr << "prune: keeping layers";
   for (auto l : choice.kept) std::cerr << " " << l;

@@ -32,7 +32,7 @@ double kl_sum(const torch::Tensor& p_log, const torch::Tensor& q_log) {
 }  // namespace
 
 std::vector<double> layer_removal_kl(Transformer& model, const std::vector<CalibrationBatch>& batches,
-                                     const std::vector<int64_t>& removed) {
+                                     const std::vector<int64_t>& removed, const std::function<void()>& on_branch) {
   const int64_t N = model->config().num_layers;
   std::vector<bool> gone(static_cast<size_t>(N), false);
   for (int64_t l : removed) {
@@ -58,6 +58,7 @@ std::vector<double> layer_removal_kl(Transformer& model, const std::vector<Calib
       for (int64_t m = l + 1; m < N; ++m)
         if (!gone[m]) run_layer(model, branch, m);
       sums[l] += kl_sum(p_log, counted_log_probs(model, branch, positions));
+      if (on_branch) on_branch();
       run_layer(model, prefix, l);
     }
   }
@@ -68,17 +69,17 @@ std::vector<double> layer_removal_kl(Transformer& model, const std::vector<Calib
 }
 
 std::vector<int64_t> keep_by_importance(Transformer& model, const std::vector<CalibrationBatch>& batches, int64_t keep,
-                                        std::vector<std::pair<int64_t, double>>* rounds_log) {
+                                        const ImportanceCallbacks& callbacks) {
   const int64_t N = model->config().num_layers;
   if (keep < 1 || keep > N) fail("layers to keep must be in [1, ", N, "], got ", keep);
   std::vector<int64_t> removed;
   while (N - static_cast<int64_t>(removed.size()) > keep) {
-    const auto kl = layer_removal_kl(model, batches, removed);
+    const auto kl = layer_removal_kl(model, batches, removed, callbacks.on_branch);
     int64_t cheapest = -1;
     for (int64_t l = 0; l < N; ++l)
       if (!std::isnan(kl[l]) && (cheapest < 0 || kl[l] < kl[cheapest])) cheapest = l;
     removed.push_back(cheapest);
-    if (rounds_log) rounds_log->emplace_back(cheapest, kl[cheapest]);
+    if (callbacks.on_round) callbacks.on_round(cheapest, kl[cheapest]);
   }
   std::vector<int64_t> kept;
   for (int64_t l = 0; l < N; ++l)
