@@ -273,19 +273,20 @@ Command demo_command() {
       {"data", "DIR", "directory with train.jsonl and heldout.jsonl (chat messages)", "", false, true},
       {"out", "DIR", "where the students, runs and report.md go", "", false, true},
       {"template", "NAME", "chat template of the data (auto = from the teacher's tokenizer)", "auto"},
-      {"teacher-cache", "on|off", "KD reads the teacher's top-64 signal computed once (on) or runs the teacher live (off)", "on"},
+      {"teacher-cache", "on|off", "KD reads the teacher's top-64 signal computed once (on; pays off from about one "
+                                  "epoch) or runs the teacher live (off)", "off"},
       {"epochs", "N", "training epochs of each student (when --max-steps is -1)", "1"},
-      {"max-steps", "N", "optimizer steps of each student; -1 = --epochs", "20"},
-      {"learning-rate", "LR", "peak learning rate (cosine, 10% warmup)", "6e-4"},
+      {"max-steps", "N", "optimizer steps of each student; -1 = --epochs", "18"},
+      {"learning-rate", "LR", "peak learning rate (cosine, 10% warmup)", "2e-4"},
       {"batch-size", "N", "sequences per step", "8"},
       {"seq-length", "N", "tokens per sequence", "256"},
-      {"answers", "N", "held-out prompts every model answers (degeneracy figures)", "8"},
+      {"answers", "N", "held-out prompts every model answers (degeneracy figures)", "6"},
       {"answer-tokens", "N", "tokens per answer at most (greedy)", "48"},
       {"show", "N", "answers per model printed in the report", "3"},
       {"seed", "N", "random seed", "42"},
       {"threads", "N", "CPU threads (0 = all cores)", "0"},
   };
-  for (auto& o : prune_options()) c.options.push_back(o);
+  for (auto& o : prune_options(2)) c.options.push_back(o);  // 2: the 10-minute budget (docs/demo.md)
   c.run = run_demo;
   return c;
 }

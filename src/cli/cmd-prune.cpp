@@ -60,7 +60,7 @@ Command prune_command() {
       {"seq-length", "N", "calibration tokens per sample", "256"},
       {"overwrite", "", "replace --out if it exists"},
   };
-  for (auto& o : prune_options()) c.options.push_back(o);
+  for (auto& o : prune_options(8)) c.options.push_back(o);
   for (auto& o : device_options()) c.options.push_back(o);
   for (auto& o : compute_options()) c.options.push_back(o);
   c.run = run_prune;

@@ -37,13 +37,14 @@ std::vector<model::CalibrationBatch> calibration_batches(const tok::Tokenizer& t
 
 }  // namespace
 
-std::vector<Option> prune_options() {
+std::vector<Option> prune_options(int64_t calibration_samples) {
   return {
       {"prune", "METHOD", "importance: drop, one at a time, the layer whose removal changes the model's answers least "
                           "(KL on calibration samples); every: keep layers 0, K, 2K, ... and the last", "importance"},
       {"keep-layers", "N", "layers the pruned model keeps (--prune importance)", "20"},
       {"keep-every", "K", "keep every K-th layer and the last (--prune every)", "3"},
-      {"calibration-samples", "N", "training conversations the importance is measured on (their answer tokens)", "8"},
+      {"calibration-samples", "N", "training conversations the importance is measured on (their answer tokens); "
+                                   "each doubles the cost", std::to_string(calibration_samples)},
   };
 }
 

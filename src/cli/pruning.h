@@ -23,7 +23,8 @@ struct PruneSpec {
 };
 
 // --prune, --keep-layers, --keep-every, --calibration-samples (data and template come from the command).
-std::vector<Option> prune_options();
+// calibration_samples: the command's default for --calibration-samples.
+std::vector<Option> prune_options(int64_t calibration_samples);
 PruneSpec prune_spec_from(const Args& args);
 
 struct PruneChoice {

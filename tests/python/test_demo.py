@@ -24,7 +24,7 @@ def report(tmp_path_factory):
     out = root / "out"
     proc = run("demo", "--teacher", world["teacher"], "--data", data, "--out", out, "--template", "chatml",
                "--keep-layers", 1, "--calibration-samples", 4, "--max-steps", 6, "--learning-rate", 1e-3,
-               "--seq-length", 64, "--answers", 5, "--answer-tokens", 12, "--threads", 1)
+               "--seq-length", 64, "--teacher-cache", "on", "--answers", 5, "--answer-tokens", 12, "--threads", 1)
     md = (out / "report.md").read_text()
     assert proc.stdout == md
     return md, json.loads((out / "report.json").read_text()), out
