@@ -114,8 +114,7 @@ void write_cache(const train::DistillOptions& kd, const fs::path& dir) {
   const auto key = train::cache_key_for(*tokenizer, dataset, dopts.chat_template, dopts.seq_length);
   auto teacher = io::load_model(kd.target_model_path);
   teacher->eval();
-  const auto pad = tokenizer->special().pad ? tokenizer->special().pad : tokenizer->special().eos;
-  const auto summary = train::write_teacher_cache(dir, dataset, key, teacher, kd.target_model_path, pad ? *pad : 0,
+  const auto summary = train::write_teacher_cache(dir, dataset, key, teacher, kd.target_model_path, tokenizer->special().padding(),
                                                   torch::kCPU, train::TeacherCaptureOptions{});
   std::cerr << "demo: teacher cache " << dir.string() << ": " << train::describe(summary);
 }

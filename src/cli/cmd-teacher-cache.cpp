@@ -13,6 +13,7 @@
 #include "tokenizer/tokenizer.h"
 #include "train/teacher-cache.h"
 #include "train/teacher-cache-writer.h"
+#include "train/trainer.h"
 
 namespace kdae::cli {
 namespace {
@@ -36,14 +37,9 @@ train::TeacherCaptureOptions capture_options(const Args& args, const train::Dist
 // The data options of a run config (what the trainer's loader uses, so the fingerprints agree),
 // with the command line's --template and --seq-length on top.
 data::DatasetOptions dataset_options(const Args& args, const train::DistillOptions& o) {
-  data::DatasetOptions d;
-  d.chat_template = args.has("template") ? args.get("template") : o.chat_template;
-  d.instruction_key = o.instruction_key;
-  d.response_key = o.response_key;
-  d.seq_length = args.has("seq-length") ? args.get_int("seq-length") : o.seq_length;
-  d.truncation = data::parse_truncation(o.truncation);
-  d.min_supervised_tokens = o.min_supervised_tokens;
-  d.dedup = o.dedup;
+  data::DatasetOptions d = train::dataset_options(o);
+  if (args.has("template")) d.chat_template = args.get("template");
+  if (args.has("seq-length")) d.seq_length = args.get_int("seq-length");
   if (d.seq_length <= 0) usage_fail("--seq-length must be > 0");
   return d;
 }
@@ -68,9 +64,8 @@ int run_create(const Args& args) {
   auto teacher = io::load_model(teacher_dir, {device, parse_dtype(args.get("dtype"))});
   teacher->eval();
   const auto key = train::cache_key_for(*tokenizer, dataset, dopts.chat_template, dopts.seq_length);
-  const auto pad = tokenizer->special().pad ? tokenizer->special().pad : tokenizer->special().eos;
   const auto summary =
-      train::write_teacher_cache(out, dataset, key, teacher, teacher_dir, pad ? *pad : 0, device, options);
+      train::write_teacher_cache(out, dataset, key, teacher, teacher_dir, tokenizer->special().padding(), device, options);
   const auto& h = summary.header;
   std::cout << "teacher cache " << out.string() << ": " << summary.shards << " shards, samples "
             << h.dataset_samples << ", top_k " << h.top_k << ", logprob_bits " << h.logprob_bits << "\n"

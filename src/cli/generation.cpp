@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "data/dataset.h"
 #include "io/hf-model.h"
 
 namespace kdae::cli {
@@ -75,10 +76,7 @@ model::GenerateOptions generate_options_from(const Args& args) {
 }
 
 data::ChatTemplate resolve_chat_template(const tok::Tokenizer& tokenizer, const std::string& name) {
-  auto text_of = [&](std::optional<tok::TokenId> id) { return id ? tokenizer.id_to_token(*id) : std::string(); };
-  const std::string bos = text_of(tokenizer.special().bos), eos = text_of(tokenizer.special().eos);
-  if (name != "auto") return data::ChatTemplate::by_name(name, bos, eos);
-  auto chat = data::ChatTemplate::detect(tokenizer.chat_template(), bos, eos);
+  auto chat = data::chat_template_for(tokenizer, name);
   if (!chat) fail("the tokenizer's chat_template matches no built-in template; pass --template NAME");
   return *chat;
 }

@@ -22,14 +22,13 @@ std::vector<model::CalibrationBatch> calibration_batches(const tok::Tokenizer& t
   options.chat_template = spec.chat_template == "auto" ? "" : spec.chat_template;
   options.seq_length = spec.seq_length;
   const auto dataset = data::load_dataset(spec.data, tokenizer, options);
-  const auto pad = tokenizer.special().pad ? tokenizer.special().pad : tokenizer.special().eos;
   const size_t n = std::min<size_t>(static_cast<size_t>(spec.calibration_samples), dataset.samples.size());
   if (n == 0) fail(spec.data, ": no samples to calibrate the pruning on");
   std::vector<model::CalibrationBatch> batches;
   for (size_t begin = 0; begin < n; begin += 4) {
     std::vector<std::vector<const data::TokenizedSample*>> rows;
     for (size_t i = begin; i < std::min(n, begin + 4); ++i) rows.push_back({&dataset.samples[i]});
-    const auto batch = data::collate(rows, pad ? *pad : 0);
+    const auto batch = data::collate(rows, tokenizer.special().padding());
     batches.push_back({batch.input_ids.to(device), (batch.labels.reshape({-1}) != -100).nonzero().reshape({-1})});
   }
   return batches;

@@ -22,16 +22,14 @@ Truncation parse_truncation(const std::string& name) {
   usage_fail("truncation must be 'truncate' or 'drop', got '", name, "'");
 }
 
-namespace {
-
-// The template for conversation-style lines: by name, else detected from the tokenizer. nullopt when
-// detection fails; that is only an error once a line actually needs a template.
-std::optional<ChatTemplate> resolve_template(const tok::Tokenizer& tokenizer, const std::string& name) {
+std::optional<ChatTemplate> chat_template_for(const tok::Tokenizer& tokenizer, const std::string& name) {
   auto text_of = [&](std::optional<tok::TokenId> id) { return id ? tokenizer.id_to_token(*id) : std::string(); };
   const std::string bos = text_of(tokenizer.special().bos), eos = text_of(tokenizer.special().eos);
   if (!name.empty() && name != "auto") return ChatTemplate::by_name(name, bos, eos);
   return ChatTemplate::detect(tokenizer.chat_template(), bos, eos);
 }
+
+namespace {
 
 // Everything that changes the samples: data bytes, tokenizer, template and every option.
 std::string fingerprint_of(std::string_view bytes, const tok::Tokenizer& tokenizer,
@@ -170,7 +168,7 @@ void warn_ignored_fields(Dataset& d) {
 Dataset load_dataset(const fs::path& jsonl, const tok::Tokenizer& tokenizer, const DatasetOptions& options) {
   if (options.seq_length <= 0) usage_fail("seq_length must be > 0, got ", options.seq_length);
   const std::string bytes = read_file(jsonl);
-  const auto chat = resolve_template(tokenizer, options.chat_template);
+  const auto chat = chat_template_for(tokenizer, options.chat_template);
   const std::string fingerprint = fingerprint_of(bytes, tokenizer, chat, options);
 
   std::string cache_problem;

@@ -10,9 +10,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "data/chat-template.h"
 #include "data/tokenized-sample.h"
 #include "tokenizer/tokenizer.h"
 
@@ -60,6 +62,11 @@ struct Dataset {
   std::string chat_template;          // template name used for conversations; "" = none was needed/found
   std::vector<std::string> warnings;  // e.g. an invalid cache file that was rebuilt (also printed to stderr)
 };
+
+// The chat template for conversation-style lines, the one resolution every command uses: by name
+// ("" or "auto" = detected from the tokenizer's chat_template). nullopt when detection fails; for
+// the loader that is only an error once a line needs a template.
+std::optional<ChatTemplate> chat_template_for(const tok::Tokenizer& tokenizer, const std::string& name);
 
 // Reads, renders, tokenizes and filters. Uses and fills the cache when options.cache_dir is set.
 Dataset load_dataset(const std::filesystem::path& jsonl, const tok::Tokenizer& tokenizer,

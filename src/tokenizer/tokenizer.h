@@ -27,6 +27,9 @@ struct SpecialTokens {
   std::optional<TokenId> bos, eos, pad, unk;
   bool add_bos = false;
   bool add_eos = false;
+  // The id batches are right-padded with: pad, else eos, else 0 (padding is never attended to or
+  // supervised, so any id serves; a real one keeps embeddings in range).
+  TokenId padding() const { return pad ? *pad : eos ? *eos : 0; }
 };
 
 class Tokenizer {

@@ -13,12 +13,7 @@ namespace kdae::train {
 
 TeacherCacheKey cache_key_for(const tok::Tokenizer& tokenizer, const data::Dataset& dataset,
                               const std::string& chat_template, int64_t seq_length) {
-  // The same resolution as data::load_dataset: by name, else detected from the tokenizer.
-  auto text_of = [&](std::optional<tok::TokenId> id) { return id ? tokenizer.id_to_token(*id) : std::string(); };
-  const std::string bos = text_of(tokenizer.special().bos), eos = text_of(tokenizer.special().eos);
-  std::optional<data::ChatTemplate> chat;
-  if (!chat_template.empty() && chat_template != "auto") chat = data::ChatTemplate::by_name(chat_template, bos, eos);
-  else chat = data::ChatTemplate::detect(tokenizer.chat_template(), bos, eos);
+  const auto chat = data::chat_template_for(tokenizer, chat_template);  // as data::load_dataset resolves it
   TeacherCacheKey key;
   key.tokenizer_fingerprint = tokenizer.fingerprint();
   key.template_fingerprint = chat ? chat->fingerprint() : "no template";

@@ -73,12 +73,6 @@ data::DatasetOptions dataset_options(const DistillOptions& o) {
 
 namespace {
 
-int32_t pad_id_of(const tok::Tokenizer& t) {
-  if (t.special().pad) return *t.special().pad;
-  if (t.special().eos) return *t.special().eos;
-  return 0;
-}
-
 // A fresh run must not mix its checkpoints and metrics into an earlier run's.
 void prepare_output_dir(const DistillOptions& o, bool resuming) {
   const fs::path out = o.output_dir;
@@ -359,7 +353,7 @@ Scalars evaluate_student(const DistillOptions& o, RunKind kind) {
   r.teachers = std::make_unique<TeacherSet>(o, kind, *r.tokenizer, r.student->config());
   r.eval = data::load_dataset(o.eval_data_path, *r.tokenizer, dataset_options(o));
   build_setup(r, r.teachers->assign(r.eval.domain_names));
-  EvalOptions eval_opts{o.eval_batch_size, o.seq_length, pad_id_of(*r.tokenizer), kind == RunKind::align,
+  EvalOptions eval_opts{o.eval_batch_size, o.seq_length, r.tokenizer->special().padding(), kind == RunKind::align,
                         kind == RunKind::align, o.packing};
   return evaluate(r.setup, r.eval, eval_opts);
 }
@@ -385,7 +379,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
   stream_opts.seq_length = o.seq_length;
   stream_opts.packing = o.packing;
   stream_opts.seed = static_cast<uint64_t>(o.random_seed);
-  stream_opts.pad_id = pad_id_of(*r.tokenizer);
+  stream_opts.pad_id = r.tokenizer->special().padding();
   if (kind == RunKind::align) {
     for (const auto& s : r.train.samples) stream_opts.in_domain.push_back(r.train.domain_names[s.domain] != "general");
     stream_opts.domain_fraction = o.domain_fraction;

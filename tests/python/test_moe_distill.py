@@ -2,6 +2,7 @@
 (held-out KL falls), the load-balancing loss keeps both experts in use (logged per layer), and the
 logged router loss equals transformers' load_balancing_loss_func weighted by router_aux_loss_coef."""
 import json
+import pathlib
 
 import pytest
 import torch
@@ -65,3 +66,28 @@ def test_router_loss_equals_transformers(world, tmp_path):
         out = student(ids, attention_mask=mask, output_router_logits=True)
     expected = load_balancing_loss_func(out.router_logits, 2, 1, mask).item()
     assert first["train/router_loss"] == pytest.approx(0.5 * expected, rel=1e-5)
+
+
+def saved_tensors(model_dir):
+    from safetensors.torch import load_file
+    out = {}
+    for f in sorted(pathlib.Path(model_dir).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+@pytest.mark.parametrize("frozen", ["routers", "experts"])
+def test_frozen_moe_parts_stay_bit_identical(world, tmp_path, frozen):
+    cfg = write_config(tmp_path / "run.yaml", world, tmp_path / "out", max_steps=3, router_aux_loss_coef=0.1,
+                       **{f"freeze_{frozen}": True})
+    run("distill", "--config", cfg)
+    before, after = saved_tensors(world["student"]), saved_tensors(tmp_path / "out" / "model")
+    assert set(before) == set(after)
+    routers = [n for n in before if ".gate.weight" in n and "experts" not in n]
+    experts = [n for n in before if ".experts." in n]
+    assert routers and experts
+    still, moved = (routers, experts) if frozen == "routers" else (experts, routers)
+    for name in still:
+        assert torch.equal(before[name], after[name]), name
+    # An expert no token was routed to gets no gradient, so only some trained tensors need to move.
+    assert any(not torch.equal(before[name], after[name]) for name in moved)
