@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/hash.h"
 
 namespace kdae::cli {
 namespace {
@@ -496,15 +497,6 @@ std::string resume_relevant_config(const DistillOptions& options) {
   return out;
 }
 
-std::string config_hash(const DistillOptions& options) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a 64
-  for (unsigned char c : resume_relevant_config(options)) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
+std::string config_hash(const DistillOptions& options) { return fnv1a_hex(resume_relevant_config(options)); }
 
 }  // namespace kdae::cli
