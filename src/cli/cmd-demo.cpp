@@ -21,7 +21,6 @@
 #include "data/dataset.h"
 #include "eval/answer-stats.h"
 #include "io/hf-model.h"
-#include "model/prune.h"
 #include "tokenizer/tokenizer.h"
 #include "train/teacher-cache-writer.h"
 #include "train/trainer.h"
@@ -63,12 +62,9 @@ fs::path make_student(const Args& args, const fs::path& out, std::vector<int64_t
   spec.data = (fs::path(args.get("data")) / "train.jsonl").string();
   spec.chat_template = args.get("template");
   spec.seq_length = args.get_int("seq-length");
-  *kept = choose_layers(model, *tokenizer, spec).kept;
-  auto student = model::keep_layers(model, *kept);
-  io::SaveOptions save;
-  save.overwrite = true;
-  save.copy_tokenizer_from = teacher;
-  io::save_model(student, dir, save);
+  const auto choice = choose_layers(model, *tokenizer, spec);
+  *kept = choice.kept;
+  save_pruned(model, teacher.string(), spec, choice, dir.string(), true);
   std::cerr << "demo: student (" << kept->size() << " of " << model->config().num_layers << " layers) -> " << dir.string()
             << "\n";
   return dir;

@@ -3,15 +3,11 @@
 #include <filesystem>
 #include <iostream>
 
-#include <nlohmann/json.hpp>
-
 #include "cli/commands.h"
 #include "cli/pruning.h"
 #include "common/device.h"
 #include "common/error.h"
-#include "common/files.h"
 #include "io/hf-model.h"
-#include "model/prune.h"
 
 namespace kdae::cli {
 namespace {
@@ -29,16 +25,7 @@ int run_prune(const Args& args) {
   model->eval();
   const auto tokenizer = tok::Tokenizer::load(source);
   const auto choice = choose_layers(model, *tokenizer, spec);
-  auto pruned = model::keep_layers(model, choice.kept);
-  io::SaveOptions save;
-  save.overwrite = args.flag("overwrite");
-  save.copy_tokenizer_from = source;
-  io::save_model(pruned, out, save);
-  nlohmann::json record = {{"source", fs::absolute(source).string()}, {"method", spec.method},
-                           {"source_layers", model->config().num_layers}, {"kept", choice.kept}};
-  for (const auto& [layer, kl] : choice.removed) record["removed"].push_back({{"layer", layer}, {"kl", kl}});
-  write_file_atomic(out / "prune.json", record.dump(2) + "\n");
-  std::cout << record.dump() << "\n";
+  std::cout << save_pruned(model, source.string(), spec, choice, out.string(), args.flag("overwrite")) << "\n";
   return 0;
 }
 

@@ -1,12 +1,17 @@
 #include "cli/pruning.h"
 
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
+#include "common/files.h"
 #include "common/progress.h"
 #include "data/batch.h"
 #include "data/dataset.h"
+#include "io/hf-model.h"
 #include "model/layer-importance.h"
 #include "model/prune.h"
 
@@ -90,6 +95,21 @@ PruneChoice choose_layers(model::Transformer& model, const tok::Tokenizer& token
   for (auto l : choice.kept) std::cerr << " " << l;
   std::cerr << " (" << choice.kept.size() << " of " << N << ")\n";
   return choice;
+}
+
+std::string save_pruned(model::Transformer& model, const std::string& source, const PruneSpec& spec,
+                        const PruneChoice& choice, const std::string& out, bool overwrite) {
+  namespace fs = std::filesystem;
+  auto pruned = model::keep_layers(model, choice.kept);
+  io::SaveOptions save;
+  save.overwrite = overwrite;
+  save.copy_tokenizer_from = source;
+  io::save_model(pruned, out, save);
+  nlohmann::json record = {{"source", fs::absolute(source).string()}, {"method", spec.method},
+                           {"source_layers", model->config().num_layers}, {"kept", choice.kept}};
+  for (const auto& [layer, kl] : choice.removed) record["removed"].push_back({{"layer", layer}, {"kl", kl}});
+  write_file_atomic(fs::path(out) / "prune.json", record.dump(2) + "\n");
+  return record.dump();
 }
 
 }  // namespace kdae::cli

@@ -35,4 +35,9 @@ struct PruneChoice {
 // Logs the choice to stderr ("prune: ...").
 PruneChoice choose_layers(model::Transformer& model, const tok::Tokenizer& tokenizer, const PruneSpec& spec);
 
+// Writes out: the kept layers of `model` (loaded from source) as an HF directory with source's tokenizer,
+// and out/prune.json (source, method, kept layers, each removal round's layer and KL). Returns the JSON.
+std::string save_pruned(model::Transformer& model, const std::string& source, const PruneSpec& spec,
+                        const PruneChoice& choice, const std::string& out, bool overwrite);
+
 }  // namespace kdae::cli

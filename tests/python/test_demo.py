@@ -86,3 +86,4 @@ def test_three_answers_per_model_are_printed(report):
                 assert "> " + answer.split("\n")[0] in section
     assert re.search(r"Total time: \d+ s \(pruning \d+ s, teacher cache \d+ s, KD \d+ s, SFT \d+ s", md)
     assert (out / "student-init" / "config.json").exists() and (out / "teacher-cache").is_dir()
+    assert json.loads((out / "student-init" / "prune.json").read_text())["kept"] == j["student_layers"]
