@@ -103,7 +103,7 @@ train::DistillOptions run_options(const Args& args, const fs::path& student, con
 
 // The teacher's top-k signal over the training data, computed once; the KD run reads it every epoch.
 void write_cache(const train::DistillOptions& kd, const fs::path& dir) {
-  fs::remove_all(dir);  // the demo owns it; a cache of another teacher or data must not be resumed
+  remove_tree(dir);  // the demo owns it; a cache of another teacher or data must not be resumed
   const auto tokenizer = tok::Tokenizer::load(kd.target_model_path);
   const auto dopts = train::dataset_options(kd);
   const auto dataset = data::load_dataset(kd.training_data_path, *tokenizer, dopts);
@@ -115,10 +115,10 @@ void write_cache(const train::DistillOptions& kd, const fs::path& dir) {
   std::cerr << "demo: teacher cache " << dir.string() << ": " << train::describe(summary);
 }
 
-void measure(DemoRow& row, const train::DistillOptions& base) {
+void measure(DemoRow& row, const train::DistillOptions& base, const fs::path& heldout) {
   train::DistillOptions o = base;
   o.base_model_path = row.model.string();
-  o.eval_data_path = (fs::path(o.training_data_path).parent_path() / "heldout.jsonl").string();
+  o.eval_data_path = heldout.string();
   o.teacher_cache.clear();  // held-out KL needs the live teacher
   for (const auto& [key, value] : train::evaluate_student(o, train::RunKind::distill)) {
     if (key == "eval/ce_loss") row.ce = value;
@@ -236,10 +236,11 @@ int run_demo(const Args& args) {
   std::cerr << "demo: held-out evaluation\n";
   std::vector<DemoRow> rows = {{"teacher", teacher}, {"initial (pruned)", student}, {"SFT", out / "sft" / "model"},
                                {"KD", out / "kd" / "model"}};
-  for (auto& row : rows) measure(row, kd);
+  const fs::path heldout = fs::path(args.get("data")) / "heldout.jsonl";
+  for (auto& row : rows) measure(row, kd, heldout);
   clock.lap("evaluation");
   std::cerr << "demo: answers to held-out prompts\n";
-  const auto prompts = heldout_prompts(fs::path(args.get("data")) / "heldout.jsonl", args.get_int("answers"));
+  const auto prompts = heldout_prompts(heldout, args.get_int("answers"));
   for (auto& row : rows) answer(row, prompts, args);
   clock.lap("answers");
   const std::string text = report(rows, prompts, setup_line(args, kept, cache_mode == "on"), clock,

@@ -27,7 +27,7 @@ def report(tmp_path_factory):
                "--seq-length", 64, "--teacher-cache", "on", "--answers", 5, "--answer-tokens", 12, "--threads", 1)
     md = (out / "report.md").read_text()
     assert proc.stdout == md
-    return md, json.loads((out / "report.json").read_text()), out
+    return md, json.loads((out / "report.json").read_text()), out, (world, data)
 
 
 def table(md):
@@ -50,7 +50,7 @@ def longest_run(ids):
 
 
 def test_report_rows_match_the_json(report):
-    md, j, _ = report
+    md, j, *_ = report
     parsed = table(md)
     assert list(parsed) == ROWS
     for row in j["rows"]:
@@ -64,7 +64,7 @@ def test_report_rows_match_the_json(report):
 
 
 def test_degeneracy_figures_follow_from_the_answers(report):
-    _, j, _ = report
+    _, j, *_ = report
     for row in j["rows"]:
         ids = [encode(a) for a in row["sample_answers"]]  # one token per character in this tokenizer
         assert all(len(a) <= 12 for a in ids)
@@ -75,7 +75,7 @@ def test_degeneracy_figures_follow_from_the_answers(report):
 
 
 def test_three_answers_per_model_are_printed(report):
-    md, j, out = report
+    md, j, out, _ = report
     sections = re.split(r"\n### Prompt \d+: ", md)[1:]
     assert len(sections) == 3
     for p, section in enumerate(sections):
@@ -87,3 +87,14 @@ def test_three_answers_per_model_are_printed(report):
     assert re.search(r"Total time: \d+ s \(pruning \d+ s, teacher cache \d+ s, KD \d+ s, SFT \d+ s", md)
     assert (out / "student-init" / "config.json").exists() and (out / "teacher-cache").is_dir()
     assert json.loads((out / "student-init" / "prune.json").read_text())["kept"] == j["student_layers"]
+
+
+def test_a_rerun_into_the_same_out_replaces_the_earlier_run(report):
+    """Users re-run the main job: the students, the teacher cache and the report are replaced, not mixed."""
+    _, first, out, (world, data) = report
+    run("demo", "--teacher", world["teacher"], "--data", data, "--out", out, "--template", "chatml",
+        "--keep-layers", 1, "--calibration-samples", 2, "--max-steps", 2, "--learning-rate", 1e-3,
+        "--seq-length", 64, "--teacher-cache", "on", "--answers", 2, "--answer-tokens", 4, "--threads", 1)
+    second = json.loads((out / "report.json").read_text())
+    assert [r["answers"] for r in second["rows"]] == [2] * 4
+    assert second["rows"][0]["ce"] == first["rows"][0]["ce"]  # the teacher row depends on nothing trained
