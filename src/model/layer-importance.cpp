@@ -29,35 +29,45 @@ double kl_sum(const torch::Tensor& p_log, const torch::Tensor& q_log) {
   return (p_log.exp() * (p_log - q_log)).sum().item<double>();
 }
 
-}  // namespace
+// The unpruned model's log-probabilities at each batch's counted positions: the fixed side of every
+// KL, computed once for all rounds (R x V floats per batch).
+std::vector<torch::Tensor> reference_log_probs(Transformer& model, const std::vector<CalibrationBatch>& batches) {
+  ForwardOptions options;
+  options.logits = false;
+  std::vector<torch::Tensor> out;
+  for (const auto& batch : batches) {
+    auto state = model->begin(batch.input_ids, options);
+    model->advance(state, model->config().num_layers);
+    out.push_back(counted_log_probs(model, state, batch.positions.to(batch.input_ids.device())));  // (R, V)
+  }
+  return out;
+}
 
-std::vector<double> layer_removal_kl(Transformer& model, const std::vector<CalibrationBatch>& batches,
-                                     const std::vector<int64_t>& removed, const std::function<void()>& on_branch) {
+std::vector<double> removal_kl(Transformer& model, const std::vector<CalibrationBatch>& batches,
+                               const std::vector<torch::Tensor>& references, const std::vector<int64_t>& removed,
+                               const std::function<void()>& on_branch) {
   const int64_t N = model->config().num_layers;
   std::vector<bool> gone(static_cast<size_t>(N), false);
   for (int64_t l : removed) {
     if (l < 0 || l >= N) fail("layer importance: removed layer ", l, " is not in [0, ", N, ")");
     gone[l] = true;
   }
-  torch::InferenceMode inference;
   ForwardOptions options;
   options.logits = false;
   std::vector<double> sums(static_cast<size_t>(N), 0.0);
   int64_t counted = 0;
-  for (const auto& batch : batches) {
+  for (size_t b = 0; b < batches.size(); ++b) {
+    const auto& batch = batches[b];
     const auto positions = batch.positions.to(batch.input_ids.device());
     counted += positions.numel();
     if (positions.numel() == 0) continue;
-    auto reference = model->begin(batch.input_ids, options);
-    model->advance(reference, N);
-    const auto p_log = counted_log_probs(model, reference, positions);  // (R, V)
-    auto prefix = model->begin(batch.input_ids, options);              // runs the kept layers before l
+    auto prefix = model->begin(batch.input_ids, options);  // runs the kept layers before l
     for (int64_t l = 0; l < N; ++l) {
       if (gone[l]) continue;
       ForwardState branch = prefix;
       for (int64_t m = l + 1; m < N; ++m)
         if (!gone[m]) run_layer(model, branch, m);
-      sums[l] += kl_sum(p_log, counted_log_probs(model, branch, positions));
+      sums[l] += kl_sum(references[b], counted_log_probs(model, branch, positions));
       if (on_branch) on_branch();
       run_layer(model, prefix, l);
     }
@@ -68,13 +78,23 @@ std::vector<double> layer_removal_kl(Transformer& model, const std::vector<Calib
   return out;
 }
 
+}  // namespace
+
+std::vector<double> layer_removal_kl(Transformer& model, const std::vector<CalibrationBatch>& batches,
+                                     const std::vector<int64_t>& removed, const std::function<void()>& on_branch) {
+  torch::InferenceMode inference;
+  return removal_kl(model, batches, reference_log_probs(model, batches), removed, on_branch);
+}
+
 std::vector<int64_t> keep_by_importance(Transformer& model, const std::vector<CalibrationBatch>& batches, int64_t keep,
                                         const ImportanceCallbacks& callbacks) {
   const int64_t N = model->config().num_layers;
   if (keep < 1 || keep > N) fail("layers to keep must be in [1, ", N, "], got ", keep);
+  torch::InferenceMode inference;
+  const auto references = reference_log_probs(model, batches);
   std::vector<int64_t> removed;
   while (N - static_cast<int64_t>(removed.size()) > keep) {
-    const auto kl = layer_removal_kl(model, batches, removed, callbacks.on_branch);
+    const auto kl = removal_kl(model, batches, references, removed, callbacks.on_branch);
     int64_t cheapest = -1;
     for (int64_t l = 0; l < N; ++l)
       if (!std::isnan(kl[l]) && (cheapest < 0 || kl[l] < kl[cheapest])) cheapest = l;
