@@ -164,6 +164,20 @@ void capture(Capture& cap, const data::Dataset& dataset, model::Transformer& tea
   progress.finish();
 }
 
+// The summary of dir's shards, from their headers (shard i is dir/shard_file_name(i)).
+TeacherCacheSummary summary_of(const fs::path& dir, const std::vector<io::TeacherCacheHeader>& shards) {
+  TeacherCacheSummary s;
+  for (const auto& h : shards) {
+    if (s.shards == 0) s.header = h;
+    s.bytes += static_cast<int64_t>(fs::file_size(dir / io::shard_file_name(s.shards)));
+    ++s.shards;
+    s.rows += h.rows;
+    s.error_sum += h.error_sum;
+    s.error_rows += h.error_rows;
+  }
+  return s;
+}
+
 }  // namespace
 
 void validate_capture_options(const TeacherCaptureOptions& c) {
@@ -177,18 +191,9 @@ void validate_capture_options(const TeacherCaptureOptions& c) {
 }
 
 TeacherCacheSummary summarize_teacher_cache(const fs::path& dir) {
-  TeacherCacheSummary s;
-  for (const auto& path : io::list_shards(dir)) {
-    const auto shard = io::TeacherShard::open(path);
-    const auto& h = shard->header();
-    if (s.shards == 0) s.header = h;
-    ++s.shards;
-    s.rows += h.rows;
-    s.bytes += static_cast<int64_t>(fs::file_size(path));
-    s.error_sum += h.error_sum;
-    s.error_rows += h.error_rows;
-  }
-  return s;
+  std::vector<io::TeacherCacheHeader> shards;
+  for (const auto& path : io::list_shards(dir)) shards.push_back(io::TeacherShard::open(path)->header());
+  return summary_of(dir, shards);
 }
 
 TeacherCacheSummary write_teacher_cache(const fs::path& out, const data::Dataset& dataset, const TeacherCacheKey& key,
@@ -220,7 +225,7 @@ TeacherCacheSummary write_teacher_cache(const fs::path& out, const data::Dataset
   if (resumed_after > 0)
     std::cerr << "resuming after sample " << resumed_after << " (" << cap.done.size() << " shards)\n";
   capture(cap, dataset, teacher, pad_id, device);
-  auto summary = summarize_teacher_cache(out);
+  auto summary = summary_of(out, cap.done);  // the headers are known: no second read of the shards
   summary.resumed_after = resumed_after;
   return summary;
 }
