@@ -309,7 +309,12 @@ const std::vector<Key>& key_table() {
     t.push_back(float_key(op, "adam_beta2", &D::adam_beta2, "AdamW beta2."));
     t.push_back(float_key(op, "adam_epsilon", &D::adam_epsilon, "AdamW epsilon."));
     t.push_back(int_key(op, "random_seed", &D::random_seed, "Seeds data order, LoRA init and dropout."));
-    t.push_back(not_for_resume(bool_key(op, "gradient_checkpointing", &D::gradient_checkpointing, "Recompute student activations in backward to save memory.")));
+    t.push_back(not_for_resume(bool_key(op, "gradient_checkpointing", &D::gradient_checkpointing,
+                                        "Recompute student layers in backward instead of keeping their activations "
+                                        "(composes with attention/hidden KD, MoE, LoRA dropout, autocast).")));
+    t.push_back(not_for_resume(int_key(op, "gradient_checkpointing_every", &D::gradient_checkpointing_every,
+                                       "With gradient_checkpointing: recompute layers 0, k, 2k, ... only (1 = all): "
+                                       "less recompute, more memory.")));
 
     t.push_back(float_key(lo, "lambda_param", &D::lambda_param, "Loss = (1 - lambda) * CE + lambda * KD terms."));
     t.push_back(float_key(lo, "temperature", &D::temperature, "Softmax temperature of the KD term (scaled by temperature^2)."));

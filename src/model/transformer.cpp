@@ -4,6 +4,7 @@
 #include <torch/nn/functional.h>
 
 #include "common/error.h"
+#include "model/layer-run.h"
 
 namespace kdae::model {
 namespace F = torch::nn::functional;
@@ -71,35 +72,6 @@ torch::Tensor build_mask(int64_t B, int64_t T, int64_t past, const torch::Tensor
   return allowed.contiguous();
 }
 
-// Recomputes a layer in backward instead of keeping its activations (no C++ checkpoint API exists).
-// The layer's context tensors ride in saved_data so they live exactly as long as the graph node.
-struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, DecoderLayerImpl* layer,
-                               const LayerContext& layer_ctx) {
-    ctx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
-    ctx->saved_data["cos"] = layer_ctx.rope.cos;
-    ctx->saved_data["sin"] = layer_ctx.rope.sin;
-    ctx->saved_data["mask"] = layer_ctx.mask;
-    ctx->saved_data["window_mask"] = layer_ctx.window_mask;
-    ctx->save_for_backward({x});
-    torch::NoGradGuard no_grad;
-    return layer->forward(x, layer_ctx, nullptr, nullptr);
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    auto* layer = reinterpret_cast<DecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
-    LayerContext layer_ctx;
-    layer_ctx.rope = {ctx->saved_data["cos"].toTensor(), ctx->saved_data["sin"].toTensor()};
-    layer_ctx.mask = ctx->saved_data["mask"].toTensor();
-    layer_ctx.window_mask = ctx->saved_data["window_mask"].toTensor();
-    torch::Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
-    torch::AutoGradMode enable(true);
-    torch::Tensor y = layer->forward(x, layer_ctx, nullptr, nullptr);
-    torch::autograd::backward({y}, {grads[0]});
-    return {x.grad(), torch::Tensor(), torch::Tensor()};
-  }
-};
-
 }  // namespace
 
 ForwardState TransformerImpl::begin(const torch::Tensor& input_ids, const ForwardOptions& opt) {
@@ -128,31 +100,46 @@ ForwardState TransformerImpl::begin(const torch::Tensor& input_ids, const Forwar
   return state;
 }
 
+LayerContext TransformerImpl::layer_context(const LayerContext& shared, int64_t layer) const {
+  LayerContext ctx = shared;
+  if (!config_.window_applies(layer)) ctx.window_mask = torch::Tensor();
+  return ctx;
+}
+
+bool TransformerImpl::recomputes_layer(int64_t layer) const {
+  return gradient_checkpointing && is_training() && torch::GradMode::is_enabled() && layer % checkpoint_every == 0;
+}
+
+torch::Tensor TransformerImpl::attention_probs(int64_t layer, const torch::Tensor& x, const LayerContext& ctx) {
+  auto* decoder = model->layers[layer]->as<DecoderLayerImpl>();
+  torch::Tensor probs;
+  decoder->self_attn(decoder->input_layernorm(x), layer_context(ctx, layer), &probs);
+  return probs;
+}
+
 void TransformerImpl::advance(ForwardState& state, int64_t until_layer) {
   const ForwardOptions& opt = state.options;
-  const bool keep_probs = opt.attentions || static_cast<bool>(opt.on_attention);
-  const bool checkpoint = gradient_checkpointing && is_training() && torch::GradMode::is_enabled() && !keep_probs &&
-                          !opt.router_logits && !opt.mlp_inputs && !opt.cache;
+  if (opt.on_attention && opt.attention_term) fail("ForwardOptions: set on_attention or attention_term, not both");
   until_layer = std::min(until_layer, config_.num_layers);
   for (int64_t& l = state.next_layer; l < until_layer; ++l) {
     if (opt.hidden_states) state.out.hidden_states.push_back(state.x);
     auto* layer = model->layers[l]->as<DecoderLayerImpl>();
-    LayerContext layer_ctx = state.ctx;
-    if (!config_.window_applies(l)) layer_ctx.window_mask = torch::Tensor();
-    if (checkpoint) {
-      state.x = CheckpointedLayer::apply(state.x, layer, layer_ctx);
-      continue;
-    }
-    torch::Tensor probs, router, mlp_input;
-    const bool report = opt.on_attention && (opt.attention_layers.empty() ||
-                                             (l < static_cast<int64_t>(opt.attention_layers.size()) && opt.attention_layers[l]));
-    const bool layer_probs = opt.attentions || report;
-    state.x = layer->forward(state.x, layer_ctx, layer_probs ? &probs : nullptr, opt.router_logits ? &router : nullptr,
-                             opt.mlp_inputs ? &mlp_input : nullptr);
-    if (report) opt.on_attention(l, probs);
-    if (opt.attentions) state.out.attentions.push_back(probs);
-    if (opt.router_logits && router.defined()) state.out.router_logits.push_back(router);
-    if (opt.mlp_inputs) state.out.mlp_inputs.push_back(mlp_input);
+    const bool reported = opt.attention_layers.empty() ||
+                          (l < static_cast<int64_t>(opt.attention_layers.size()) && opt.attention_layers[l]);
+    LayerRequest request;
+    request.probs = opt.attentions || (opt.on_attention && reported);
+    request.router = opt.router_logits;
+    request.mlp_input = opt.mlp_inputs;
+    if (reported) request.attention_term = opt.attention_term;
+    const LayerContext ctx = layer_context(state.ctx, l);
+    LayerResult r = recomputes_layer(l) ? run_layer_checkpointed(*layer, l, state.x, ctx, request)
+                                        : run_layer(*layer, l, state.x, ctx, request);
+    state.x = r.y;
+    if (opt.on_attention && reported) opt.on_attention(l, r.probs);
+    if (opt.attentions) state.out.attentions.push_back(r.probs);
+    if (r.router.defined()) state.out.router_logits.push_back(r.router);
+    if (opt.mlp_inputs) state.out.mlp_inputs.push_back(r.mlp_input);
+    if (r.attention_term.defined()) state.out.attention_terms.push_back(r.attention_term);
   }
 }
 

@@ -34,9 +34,15 @@ struct ForwardOptions {
   // Called per layer with its attention probabilities (B, H, T, S) instead of keeping them all:
   // attention KD reads one layer at a time and never holds every map at once.
   std::function<void(int64_t layer, const torch::Tensor& probs)> on_attention;
-  // Layers for which on_attention is called (empty = all). The others keep the fused SDPA kernel,
-  // which never forms the T x T map (a teacher deeper than its student only needs its mapped layers).
+  // Layers for which on_attention / attention_term is called (empty = all). The others keep the fused
+  // SDPA kernel, which never forms the T x T map (a teacher deeper than its student only needs its
+  // mapped layers).
   std::vector<bool> attention_layers;
+  // Attention KD of a model being trained: layer l's probabilities -> that layer's loss (a scalar,
+  // differentiable in probs), kept in ForwardOutput::attention_terms. Unlike on_attention it composes
+  // with gradient checkpointing: a recomputed layer calls it again in backward on the recomputed map,
+  // so it must return the same value on every call and have no side effects.
+  std::function<torch::Tensor(int64_t layer, const torch::Tensor& probs)> attention_term;
 };
 
 // What every layer of one forward pass shares: rotary tables and the attention masks.
@@ -54,6 +60,7 @@ struct ForwardOutput {
   std::vector<torch::Tensor> hidden_states; // (N + 1) x (B, T, D)
   std::vector<torch::Tensor> router_logits; // N x (B*T, E)
   std::vector<torch::Tensor> mlp_inputs;    // N x (B, T, D)
+  std::vector<torch::Tensor> attention_terms;  // per reported layer, () from attention_term
 };
 
 // A forward pass in progress, for callers that interleave two models layer by layer (attention KD
@@ -131,14 +138,22 @@ class TransformerImpl : public torch::nn::Module {
   void advance(ForwardState& state, int64_t until_layer);
   ForwardOutput finish(ForwardState& state);
   torch::Tensor lm_head_weight() const;  // (V, D): lm_head.weight, or the embeddings when tied
+  // Layer l's attention probabilities (B, H, T, S) for its input x under a forward's context (the
+  // attention half of the layer only): lets a caller re-derive a map it did not keep.
+  torch::Tensor attention_probs(int64_t layer, const torch::Tensor& x, const LayerContext& ctx);
+  // Whether a forward now would recompute layer l in backward (training, grad mode, checkpointing on).
+  bool recomputes_layer(int64_t layer) const;
 
   const ModelConfig& config() const { return config_; }
   Backbone model{nullptr};
   Weight lm_head{nullptr};  // weight (V, D); null when tied
-  // Recompute each layer in backward instead of storing its activations.
+  // Recompute layers in backward instead of storing their activations: every layer l with
+  // l % checkpoint_every == 0 (1 = all; 2 = every other, the speed/memory dial).
   bool gradient_checkpointing = false;
+  int64_t checkpoint_every = 1;
 
  private:
+  LayerContext layer_context(const LayerContext& shared, int64_t layer) const;  // without an inapplicable window
   ModelConfig config_;
   torch::Tensor inv_freq_;  // (hd/2) fp32 on the CPU; moved per call (tiny)
 };

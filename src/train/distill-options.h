@@ -56,6 +56,7 @@ struct DistillOptions {
   double adam_epsilon = 1e-8;
   int64_t random_seed = 42;
   bool gradient_checkpointing = false;
+  int64_t gradient_checkpointing_every = 1;  // recompute layers l % k == 0 (1 = every layer)
 
   // Loss.
   double lambda_param = 1.0;  // L = (1 - lambda) * CE + lambda * KD

@@ -5,9 +5,11 @@
 #include <torch/autograd.h>
 
 #include <map>
+#include <set>
 
 #include "common/error.h"
 #include "distill/router-loss.h"
+#include "train/teacher-attention.h"
 #include "train/teacher-cache.h"
 
 namespace kdae::train {
@@ -18,8 +20,7 @@ struct LiveTeacher {
   int index = -1;
   std::vector<int64_t> rows;
   torch::Tensor rows_on_student;  // (b) int64
-  model::ForwardState state;
-  torch::Tensor last_probs;       // attention probabilities of the last teacher layer run
+  std::shared_ptr<TeacherAttention> attention;  // attention KD: the teacher advances with the student
   model::ForwardOutput out;
   const distill::LayerPairs* pairs = nullptr;
 };
@@ -34,12 +35,6 @@ std::map<int, std::vector<int64_t>> rows_by_teacher(const StepSetup& s, const da
     groups[teacher].push_back(r);
   }
   return groups;
-}
-
-int64_t teacher_layer_for(const distill::LayerPairs& pairs, int64_t student_layer) {
-  for (const auto& [sl, tl] : pairs)
-    if (sl == student_layer) return tl;
-  return -1;
 }
 
 }  // namespace
@@ -92,6 +87,9 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
     t.pairs = &s.layer_pairs.at(index);
     live.push_back(std::move(t));
   }
+  std::set<int64_t> recomputed;  // student layers whose maps are asked for again in backward
+  for (int64_t l = 0; l < s.student->config().num_layers; ++l)
+    if (s.student->recomputes_layer(l)) recomputed.insert(l);
   // Teachers start (attention KD: only embed, the student drives them) or run whole.
   for (auto& t : live) {
     Teacher& teacher = s.teachers->at(t.index);
@@ -105,36 +103,36 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
     torch::NoGradGuard no_grad;
     auto teacher_ids = ids.to(teacher.device).index_select(0, rows_t);  // (b, T)
     if (need_attn) {
-      LiveTeacher* self = &t;
-      opts.on_attention = [self](int64_t, const torch::Tensor& probs) { self->last_probs = probs; };
-      opts.attention_layers.assign(teacher.model->config().num_layers, false);
-      for (const auto& [sl, tl] : *t.pairs) opts.attention_layers[tl] = true;
-      t.state = teacher.model->begin(teacher_ids, opts);
+      t.attention = std::make_shared<TeacherAttention>(teacher.model, teacher_ids, opts, *t.pairs, dev, recomputed);
     } else {
       t.out = teacher.model->forward(teacher_ids, opts);
     }
   }
 
-  distill::AttentionKL attention;
   model::ForwardOptions student_opts;
   student_opts.position_ids = positions;
   student_opts.segment_ids = segments;
   student_opts.hidden_states = need_hidden;
   student_opts.logits = !s.fused_head;
   student_opts.router_logits = s.student->config().is_moe();
+  int64_t attention_rows = 0;  // supervised rows x student heads x mapped layers, the L_attn denominator
   if (need_attn) {
-    student_opts.on_attention = [&](int64_t layer, const torch::Tensor& probs) {
-      for (auto& t : live) {
-        const int64_t tl = teacher_layer_for(*t.pairs, layer);
-        if (tl < 0) continue;
-        {
-          torch::NoGradGuard no_grad;
-          s.teachers->at(t.index).model->advance(t.state, tl + 1);
-        }
-        auto teacher_probs = t.last_probs.to(dev, torch::kFloat32);  // (b, Ht, T, T)
-        attention.add_layer(probs.index_select(0, t.rows_on_student), teacher_probs,
-                            query_mask.index_select(0, t.rows_on_student));
+    const int64_t heads = s.student->config().num_heads;
+    std::vector<std::pair<std::shared_ptr<TeacherAttention>, torch::Tensor>> targets;  // (teacher, its rows)
+    for (auto& t : live) {
+      targets.emplace_back(t.attention, t.rows_on_student);
+      const int64_t rows = query_mask.index_select(0, t.rows_on_student).sum().item<int64_t>();
+      attention_rows += rows * heads * static_cast<int64_t>(t.pairs->size());
+    }
+    // Called again for a layer recomputed in backward: it reads, never accumulates.
+    student_opts.attention_term = [targets, query_mask](int64_t layer, const torch::Tensor& probs) {
+      distill::LossSum layer_sum;
+      for (const auto& [teacher, rows] : targets) {
+        torch::Tensor teacher_probs = teacher->map_for(layer);  // (b, Ht, T, T)
+        if (!teacher_probs.defined()) continue;
+        layer_sum.add(distill::attention_kl_layer(probs.index_select(0, rows), teacher_probs, query_mask.index_select(0, rows)));
       }
+      return layer_sum.sum.defined() ? layer_sum.sum : torch::zeros({}, probs.options().dtype(torch::kFloat32));
     };
   }
   model::ForwardOutput student_out;
@@ -143,12 +141,11 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
     student_out = s.student->forward(ids, student_opts);
   }
   if (need_attn) {
-    torch::NoGradGuard no_grad;
-    for (auto& t : live) {
-      t.out = s.teachers->at(t.index).model->finish(t.state);
-      t.last_probs = torch::Tensor();
-    }
+    for (auto& t : live) t.out = t.attention->finish();
   }
+  distill::LossSum attention;
+  for (const auto& term : student_out.attention_terms) attention.add(term, 0);
+  attention.count = attention_rows;
 
   distill::KdBatch kd;
   if (s.fused_head) {
@@ -160,7 +157,7 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
   kd.labels = labels;
   kd.token_mask = token_mask;
   kd.sample_weights = batch.weight.to(dev);
-  kd.attention = attention.total();
+  kd.attention = attention;
   StepResult result;
   for (auto& t : live) {
     const Teacher& teacher = s.teachers->at(t.index);

@@ -48,12 +48,7 @@ model::Transformer load_student(const DistillOptions& o, torch::Device device) {
   if (o.freeze_routers) freeze_matching(student, ".block_sparse_moe.gate.");
   if (o.freeze_experts) freeze_matching(student, ".block_sparse_moe.experts.");
   student->gradient_checkpointing = o.gradient_checkpointing;
-  // The model's checkpointing cannot yet keep what attention KD and the router loss read from the forward,
-  // so it does not recompute there; say so instead of letting the memory setting pass unseen.
-  if (o.gradient_checkpointing && (o.attn_weight > 0 || student->config().is_moe()))
-    std::cerr << "kdae: warning: gradient_checkpointing is not applied "
-              << (o.attn_weight > 0 ? "with attention KD (attn_weight > 0)" : "to an MoE student")
-              << " yet; the student keeps its activations for backward\n";
+  student->checkpoint_every = o.gradient_checkpointing_every;
   student->train();
   return student;
 }

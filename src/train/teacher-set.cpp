@@ -36,6 +36,10 @@ void check_same_tokenizer(const tok::Tokenizer& student, const std::string& stud
        ". Token-level distillation needs identical token ids.");
 }
 
+TeacherSet::TeacherSet(std::vector<Teacher> teachers) : teachers_(std::move(teachers)) {
+  for (size_t i = 0; i < teachers_.size(); ++i) by_domain_[teachers_[i].name] = static_cast<int>(i);
+}
+
 TeacherSet::TeacherSet(const DistillOptions& o, RunKind kind, const tok::Tokenizer& student_tokenizer,
                        const model::ModelConfig& student_config) {
   std::vector<Teacher> specs;

@@ -38,6 +38,9 @@ class TeacherSet {
   TeacherSet(const DistillOptions& options, RunKind kind, const tok::Tokenizer& student_tokenizer,
              const model::ModelConfig& student_config);
 
+  // Teachers already in memory (tests, tools): each serves the domain it is named for.
+  explicit TeacherSet(std::vector<Teacher> teachers);
+
   // Teacher index serving each domain of a dataset (domain_names from data::Dataset); -1 when none
   // does (the caller skips or rejects those samples per on_missing_domain).
   std::vector<int> assign(const std::vector<std::string>& domain_names) const;

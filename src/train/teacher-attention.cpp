@@ -1,0 +1,42 @@
+#include "train/teacher-attention.h"
+
+#include "common/error.h"
+
+namespace kdae::train {
+
+TeacherAttention::TeacherAttention(model::Transformer teacher, const torch::Tensor& teacher_ids,
+                                   model::ForwardOptions options, const distill::LayerPairs& pairs,
+                                   torch::Device student_device, std::set<int64_t> recomputed_student_layers)
+    : teacher_(std::move(teacher)), device_(student_device), recomputed_(std::move(recomputed_student_layers)) {
+  for (const auto& [sl, tl] : pairs) teacher_layer_of_[sl] = tl;
+  options.on_attention = [this](int64_t, const torch::Tensor& probs) { last_probs_ = probs; };
+  options.attention_layers.assign(teacher_->config().num_layers, false);
+  for (const auto& [sl, tl] : pairs) options.attention_layers[tl] = true;
+  torch::NoGradGuard no_grad;
+  state_ = teacher_->begin(teacher_ids, options);
+}
+
+torch::Tensor TeacherAttention::map_for(int64_t student_layer) {
+  auto pair = teacher_layer_of_.find(student_layer);
+  if (pair == teacher_layer_of_.end()) return {};
+  const int64_t tl = pair->second;
+  torch::NoGradGuard no_grad;
+  if (tl < state_.next_layer) {
+    auto input = inputs_.find(tl);
+    if (input == inputs_.end())
+      fail("attention KD asked again for teacher layer ", tl, "'s map, whose input was not kept");
+    return teacher_->attention_probs(tl, input->second, state_.ctx).to(device_, torch::kFloat32);
+  }
+  teacher_->advance(state_, tl);
+  if (recomputed_.count(student_layer)) inputs_[tl] = state_.x;
+  teacher_->advance(state_, tl + 1);
+  torch::Tensor probs = std::move(last_probs_);
+  return probs.to(device_, torch::kFloat32);  // (b, Ht, T, T)
+}
+
+model::ForwardOutput TeacherAttention::finish() {
+  torch::NoGradGuard no_grad;
+  return teacher_->finish(state_);
+}
+
+}  // namespace kdae::train
