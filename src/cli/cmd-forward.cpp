@@ -5,6 +5,8 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "io/peft-adapters.h"
+#include "model/lora.h"
 #include "common/device.h"
 #include "common/error.h"
 #include "common/files.h"
@@ -54,6 +56,12 @@ int run_forward(const Args& args) {
   const auto device = parse_device(args.get("device"));
   const auto dtype = parse_dtype(args.get("dtype"));
   model::Transformer model = io::load_model(args.get("model"), {device, dtype});
+  if (auto dir = args.maybe("adapters")) {  // unmerged: the LoRA forward a training run computes
+    io::PeftAdapters adapters = io::read_peft_adapters(*dir);
+    model::add_lora(model, adapters.settings, args.get("model"));
+    model::load_lora_tensors(model, adapters.tensors, *dir);
+    model->to(device, dtype);
+  }
   model->eval();
   for (int64_t id : ids)
     if (id < 0 || id >= model->config().vocab_size)
@@ -84,6 +92,7 @@ int run_forward(const Args& args) {
 Command forward_command() {
   std::vector<Option> options = {
       {"model", "DIR", "HF model directory (config.json + safetensors)", "", false, true},
+      {"adapters", "DIR", "PEFT LoRA adapter directory applied unmerged on top of --model"},
       {"tokens", "IDS", "comma-separated token ids, e.g. 1,2,3"},
       {"tokens-file", "F", "file of token ids (comma/space/newline separated)"},
       {"out", "OUT", "output .safetensors: logits [T,V], attentions.L [H,T,T], hidden_states.L [T,D]", "", false, true},

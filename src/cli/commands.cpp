@@ -22,6 +22,7 @@ const std::vector<Command>& all_commands() {
       upcycle_command(),
       teacher_cache_command(),
       prune_command(),
+      lora_command(),
   };
   return commands;
 }

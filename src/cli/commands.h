@@ -25,5 +25,6 @@ Command demo_command();
 Command upcycle_command();
 Command teacher_cache_command();
 Command prune_command();
+Command lora_command();
 
 }  // namespace kdae::cli

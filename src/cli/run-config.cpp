@@ -358,7 +358,15 @@ const std::vector<Key>& key_table() {
     t.push_back(int_key(pe, "peft_lora_r", &D::peft_lora_r, "LoRA rank."));
     t.push_back(float_key(pe, "peft_lora_alpha", &D::peft_lora_alpha, "LoRA alpha (scale = alpha / r)."));
     t.push_back(float_key(pe, "peft_lora_dropout", &D::peft_lora_dropout, "Dropout on the LoRA input."));
-    t.push_back(strings_key(pe, "peft_target_modules", &D::peft_target_modules, "Linear layers (by HF name suffix) that get adapters."));
+    t.push_back(strings_key(pe, "peft_target_modules", &D::peft_target_modules,
+                            "Linear layers (by HF name suffix) that get adapters; empty = per architecture: "
+                            "q/k/v/o_proj + gate/up/down_proj (Llama, Mistral, Qwen2), q/k/v/o_proj + w1/w2/w3 (Mixtral)."));
+    t.push_back(not_for_resume(bool_key(pe, "save_adapters", &D::save_adapters,
+                                        "With use_peft: also write PEFT adapter directories (adapter_config.json + "
+                                        "adapter_model.safetensors): checkpoint-<step>/adapters and output_dir/adapters.")));
+    t.push_back(string_key(pe, "peft_init_adapters", &D::peft_init_adapters,
+                           "A PEFT adapter directory (kdae's or PEFT's) the adapters start from; its r, lora_alpha and "
+                           "target_modules must match this run's."));
 
     t.push_back(not_for_resume(int_key(lg, "logging_steps", &D::logging_steps, "Log metrics every this many optimizer steps.")));
     t.push_back(not_for_resume(int_key(lg, "eval_steps", &D::eval_steps, "Evaluate every this many steps; 0 = once per epoch (with eval data).")));

@@ -221,6 +221,7 @@ fs::path save_checkpoint(const fs::path& output_dir, const CheckpointContents& c
   try {
     io::write_checkpoint(staging, *contents.model);
     if (contents.optimizer) io::write_safetensors(staging / kOptimizerFile, *contents.optimizer);
+    if (contents.write_extra) contents.write_extra(staging);
     // Written last: its presence inside a published directory means every other file is complete.
     write_file_atomic(staging / kStateFile, ordered_dump(contents.state));
     // Re-saving a step (after a resume) replaces that checkpoint: move it aside first, because

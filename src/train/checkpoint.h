@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -55,6 +56,9 @@ struct CheckpointContents {
   const NamedTensors* model = nullptr;      // required
   const NamedTensors* optimizer = nullptr;  // AdamW::state(); may be null (weights-only)
   TrainerState state;
+  // Writes further files into the checkpoint's staging directory (LoRA runs: the PEFT adapters), so
+  // they are published with the rest or not at all.
+  std::function<void(const std::filesystem::path& staging)> write_extra;
 };
 
 // Writes <output_dir>/checkpoint-<state.step>/ atomically (replacing one of the same step), then,

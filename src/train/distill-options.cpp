@@ -77,7 +77,8 @@ void validate_distill_options(DistillOptions& o, RunKind kind) {
   check(o.peft_lora_r >= 1, "peft_lora_r", ">= 1", double(o.peft_lora_r));
   check(o.peft_lora_alpha > 0, "peft_lora_alpha", "> 0", o.peft_lora_alpha);
   check(o.peft_lora_dropout >= 0 && o.peft_lora_dropout < 1, "peft_lora_dropout", "in [0, 1)", o.peft_lora_dropout);
-  if (o.use_peft && o.peft_target_modules.empty()) fail("config key 'peft_target_modules' is empty with use_peft");
+  if (!o.use_peft && !o.peft_init_adapters.empty())
+    fail("config key 'peft_init_adapters' needs use_peft: true (adapters train only in a LoRA run)");
 
   check(o.logging_steps >= 1, "logging_steps", ">= 1", double(o.logging_steps));
   check(o.eval_steps >= 0, "eval_steps", ">= 0", double(o.eval_steps));

@@ -84,8 +84,9 @@ struct DistillOptions {
   int64_t peft_lora_r = 256;
   double peft_lora_alpha = 128;
   double peft_lora_dropout = 0.15;
-  std::vector<std::string> peft_target_modules = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                  "gate_proj", "up_proj", "down_proj"};
+  std::vector<std::string> peft_target_modules;  // empty = per architecture (model::default_lora_targets)
+  bool save_adapters = true;       // PEFT adapter directories beside checkpoints and the final model
+  std::string peft_init_adapters;  // a PEFT adapter directory the adapters start from
 
   // Logging, evaluation, checkpoints.
   int64_t logging_steps = 10;

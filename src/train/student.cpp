@@ -1,36 +1,37 @@
 #include "train/student.h"
 
 #include <iostream>
-#include <set>
+#include <algorithm>
 
 #include "common/device.h"
 #include "common/error.h"
 #include "io/hf-model.h"
-#include "model/layers.h"
+#include "model/lora.h"
 
 namespace kdae::train {
 namespace {
 
-std::string last_component(const std::string& name) {
-  const auto dot = name.rfind('.');
-  return dot == std::string::npos ? name : name.substr(dot + 1);
+// The frozen base needs no fp32 master copy: under a bf16/fp16 autocast it is held in that dtype
+// (half the memory of a 7B base) while the adapters, which the optimizer updates, stay fp32.
+void hold_frozen_base_in(model::Transformer& student, torch::ScalarType compute_dtype) {
+  if (compute_dtype == torch::kFloat32) return;
+  torch::NoGradGuard no_grad;
+  for (auto& p : student->parameters())
+    if (!p.requires_grad()) p.set_data(p.to(compute_dtype));
 }
 
-void add_lora(model::Transformer& student, const DistillOptions& o) {
-  const std::set<std::string> targets(o.peft_target_modules.begin(), o.peft_target_modules.end());
-  std::set<std::string> matched;
-  for (auto& p : student->parameters()) p.set_requires_grad(false);
-  for (const auto& item : student->named_modules()) {
-    auto* linear = dynamic_cast<model::LinearImpl*>(item.value().get());
-    const std::string suffix = last_component(item.key());
-    if (!linear || !targets.count(suffix)) continue;
-    linear->enable_lora(o.peft_lora_r, o.peft_lora_alpha, o.peft_lora_dropout);
-    matched.insert(suffix);
-  }
-  for (const auto& t : targets)
-    if (!matched.count(t))
-      fail("config key 'peft_target_modules' names '", t, "', which is no linear layer of the student ",
-           o.base_model_path, " (names are the last part of HF parameter names, e.g. q_proj, gate_proj, w1)");
+void load_init_adapters(model::Transformer& student, const io::LoraSettings& run, const std::string& dir) {
+  io::PeftAdapters adapters = io::read_peft_adapters(dir);
+  const auto& file = adapters.settings;
+  auto sorted = [](std::vector<std::string> v) {
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  if (file.rank != run.rank || file.alpha != run.alpha || sorted(file.target_modules) != sorted(run.target_modules))
+    fail("peft_init_adapters ", dir, " has r ", file.rank, ", lora_alpha ", file.alpha, " and ",
+         file.target_modules.size(), " target modules; this run has peft_lora_r ", run.rank, ", peft_lora_alpha ",
+         run.alpha, " and ", run.target_modules.size(), " (set them to the adapters' values)");
+  model::load_lora_tensors(student, adapters.tensors, dir);
 }
 
 void freeze_matching(model::Transformer& student, const std::string& part) {
@@ -40,11 +41,30 @@ void freeze_matching(model::Transformer& student, const std::string& part) {
 
 }  // namespace
 
+io::LoraSettings lora_settings(const DistillOptions& o, const model::ModelConfig& config) {
+  io::LoraSettings s;
+  s.rank = o.peft_lora_r;
+  s.alpha = o.peft_lora_alpha;
+  s.dropout = o.peft_lora_dropout;
+  s.target_modules = o.peft_target_modules.empty() ? model::default_lora_targets(config) : o.peft_target_modules;
+  s.base_model = o.base_model_path;
+  return s;
+}
+
+void save_adapters(model::Transformer& student, const DistillOptions& o, const std::filesystem::path& dir) {
+  io::write_peft_adapters(dir, {lora_settings(o, student->config()), model::lora_tensors(student)});
+}
+
 model::Transformer load_student(const DistillOptions& o, torch::Device device) {
   auto student = io::load_model(o.base_model_path, {device, torch::kFloat32});
   if ((o.freeze_routers || o.freeze_experts) && !student->config().is_moe())
     fail("freeze_routers / freeze_experts need an MoE student; ", o.base_model_path, " is dense");
-  if (o.use_peft) add_lora(student, o);
+  if (o.use_peft) {
+    const io::LoraSettings settings = lora_settings(o, student->config());
+    model::add_lora(student, settings, o.base_model_path);
+    if (!o.peft_init_adapters.empty()) load_init_adapters(student, settings, o.peft_init_adapters);
+    hold_frozen_base_in(student, parse_dtype(o.dtype));
+  }
   if (o.freeze_routers) freeze_matching(student, ".block_sparse_moe.gate.");
   if (o.freeze_experts) freeze_matching(student, ".block_sparse_moe.experts.");
   student->gradient_checkpointing = o.gradient_checkpointing;
@@ -62,8 +82,7 @@ NamedTensors trainable_parameters(model::Transformer& student) {
 }
 
 void save_final_model(model::Transformer& student, const DistillOptions& o, const std::filesystem::path& dir) {
-  for (const auto& item : student->named_modules())
-    if (auto* linear = dynamic_cast<model::LinearImpl*>(item.value().get())) linear->merge_lora();
+  model::merge_lora(student);
   io::SaveOptions save;
   save.dtype = parse_dtype(o.dtype);
   save.overwrite = o.overwrite;

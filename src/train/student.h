@@ -5,6 +5,7 @@
 
 #include <filesystem>
 
+#include "io/peft-adapters.h"
 #include "model/transformer.h"
 #include "train/checkpoint.h"
 #include "train/distill-options.h"
@@ -17,6 +18,12 @@ model::Transformer load_student(const DistillOptions& options, torch::Device dev
 
 // The parameters the optimizer updates, by name (LoRA: only the adapters).
 NamedTensors trainable_parameters(model::Transformer& student);
+
+// The LoRA settings of a run: its keys, the architecture's default targets when none are named.
+io::LoraSettings lora_settings(const DistillOptions& options, const model::ModelConfig& config);
+
+// The adapters as a PEFT adapter directory (dir replaced atomically).
+void save_adapters(model::Transformer& student, const DistillOptions& options, const std::filesystem::path& dir);
 
 // Merges any LoRA adapters into the weights and writes an HF directory (tokenizer files copied from
 // base_model_path) atomically; refuses to replace an existing directory unless options.overwrite.

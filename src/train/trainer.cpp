@@ -455,7 +455,10 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     capture_rng_states(state);
     NamedTensors model_tensors = checkpoint_model_tensors(r);
     NamedTensors opt_state = optimizer.state();
-    save_checkpoint(o.output_dir, {&model_tensors, &opt_state, state}, static_cast<int>(o.save_total_limit));
+    CheckpointContents contents{&model_tensors, &opt_state, state, nullptr};
+    if (o.use_peft && o.save_adapters)
+      contents.write_extra = [&](const fs::path& staging) { save_adapters(r.student, o, staging / "adapters"); };
+    save_checkpoint(o.output_dir, contents, static_cast<int>(o.save_total_limit));
   };
   while (step < total_steps) {
     const auto started = std::chrono::steady_clock::now();
@@ -490,6 +493,10 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
   log.close();
   summary.steps = step;
   summary.model_dir = fs::path(o.output_dir) / "model";
+  if (o.use_peft && o.save_adapters) {
+    save_adapters(r.student, o, fs::path(o.output_dir) / "adapters");
+    std::cerr << "adapters (PEFT): " << (fs::path(o.output_dir) / "adapters").string() << "\n";
+  }
   save_final_model(r.student, o, summary.model_dir);
   std::cerr << "final model: " << summary.model_dir.string() << "\n";
   return summary;
