@@ -375,7 +375,12 @@ const std::vector<Key>& key_table() {
     t.push_back(not_for_resume(int_key(lg, "save_total_limit", &D::save_total_limit, "Keep only the newest this many checkpoints; 0 = keep all.")));
 
     t.push_back(not_for_resume(string_key(dv, "device", &D::device, "Student device: auto, cpu, cuda, cuda:N.")));
-    t.push_back(enum_key(dv, "dtype", &D::dtype, {"float32", "bfloat16", "float16"}, "Student compute dtype (master weights stay float32)."));
+    t.push_back(enum_key(dv, "dtype", &D::dtype, {"float32", "bfloat16", "float16"}, "Student compute dtype (master weights stay float32; float16 uses dynamic loss scaling)."));
+    t.push_back(float_key(dv, "loss_scale_init", &D::loss_scale_init,
+                          "dtype float16: first loss scale; it halves on a step with inf/NaN gradients (the step is "
+                          "skipped, counted in train/skipped_steps) and doubles after loss_scale_growth_interval clean steps."));
+    t.push_back(int_key(dv, "loss_scale_growth_interval", &D::loss_scale_growth_interval,
+                        "dtype float16: clean steps in a row before the loss scale doubles."));
     t.push_back(not_for_resume(string_key(dv, "teacher_device", &D::teacher_device, "Teacher device: auto, cpu, cuda, cuda:N.")));
     t.push_back(enum_key(dv, "teacher_dtype", &D::teacher_dtype, {"float32", "bfloat16", "float16"}, "Teacher weight dtype."));
     t.push_back(not_for_resume(int_key(dv, "threads", &D::threads, "CPU threads; 0 = all cores.")));

@@ -170,6 +170,7 @@ static std::string ordered_dump(const TrainerState& s) {
   for (const auto& c : s.cuda_rng_states) j["rng"]["cuda"].push_back(base64_encode(c));
   j["metrics_tail"] = nlohmann::ordered_json::parse(s.metrics_tail.dump());
   j["log_window"] = nlohmann::ordered_json::parse(s.log_window.dump());
+  if (!s.loss_scaler.is_null()) j["loss_scaler"] = nlohmann::ordered_json::parse(s.loss_scaler.dump());
   return j.dump(2) + "\n";
 }
 
@@ -197,6 +198,7 @@ TrainerState trainer_state_from_json(const nlohmann::json& j, const fs::path& pa
     s.config_hash = j.at("config_hash").get<std::string>();
     s.metrics_tail = j.value("metrics_tail", nlohmann::json::array());
     s.log_window = j.value("log_window", nlohmann::json::object());
+    s.loss_scaler = j.value("loss_scaler", nlohmann::json());
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": damaged trainer state (", e.what(), "); delete this checkpoint directory to resume from the "
          "previous one");

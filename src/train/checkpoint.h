@@ -42,6 +42,7 @@ struct TrainerState {
   // Sums of the logging window still open at this step (its steps are not logged yet), so a resumed
   // run logs the same window averages as an uninterrupted one.
   nlohmann::json log_window = nlohmann::json::object();
+  nlohmann::json loss_scaler;  // train::LossScaler::to_json(); null unless training in float16
 };
 
 // Reads the default CPU (and every CUDA) generator's state into state, and restores it.

@@ -73,6 +73,8 @@ void validate_distill_options(DistillOptions& o, RunKind kind) {
   one_of("truncation", o.truncation, {"truncate", "drop"});
   check(o.min_supervised_tokens >= 0, "min_supervised_tokens", ">= 0", double(o.min_supervised_tokens));
 
+  check(o.loss_scale_init > 0, "loss_scale_init", "> 0", o.loss_scale_init);
+  check(o.loss_scale_growth_interval >= 1, "loss_scale_growth_interval", ">= 1", double(o.loss_scale_growth_interval));
   check(o.gradient_checkpointing_every >= 1, "gradient_checkpointing_every", ">= 1", double(o.gradient_checkpointing_every));
   check(o.peft_lora_r >= 1, "peft_lora_r", ">= 1", double(o.peft_lora_r));
   check(o.peft_lora_alpha > 0, "peft_lora_alpha", "> 0", o.peft_lora_alpha);

@@ -98,6 +98,8 @@ struct DistillOptions {
   // Devices.
   std::string device = "auto";
   std::string dtype = "float32";
+  double loss_scale_init = 65536.0;          // float16: dynamic loss scaling's first scale
+  int64_t loss_scale_growth_interval = 2000; // float16: clean steps before the scale doubles
   std::string teacher_device = "auto";
   std::string teacher_dtype = "bfloat16";
   int64_t threads = 0;  // 0 = all cores

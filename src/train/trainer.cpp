@@ -18,6 +18,7 @@
 #include "train/data-stream.h"
 #include "train/distill-step.h"
 #include "train/evaluate.h"
+#include "train/loss-scaler.h"
 #include "train/lr-schedule.h"
 #include "train/optimizer.h"
 #include "train/student.h"
@@ -106,6 +107,7 @@ struct Run {
   bool has_eval = false;
   StepSetup setup;
   NamedTensors trainable;  // student parameters + KD-module parameters, by name
+  LossScaler scaler;       // float16 only
 
   explicit Run(const DistillOptions& options, RunKind k) : o(options), kind(k), device(parse_device(options.device)) {}
 };
@@ -268,7 +270,7 @@ void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
     distill::check_finite(t, step);
     torch::Tensor loss = t.total;
     if (res.router_loss.defined()) loss = loss + res.router_loss / static_cast<double>(batches.micro.size());
-    if (loss.requires_grad()) loss.backward();
+    if (loss.requires_grad()) r.scaler.scale(loss).backward();
     w.loss += to_double(loss);
     w.ce += to_double(t.ce) * t.ce_tokens;
     w.kd += to_double(t.pred_layer_loss) * t.supervised_tokens;
@@ -297,6 +299,10 @@ Scalars window_scalars(const Run& r, const Window& w, double lr, double grad_nor
                {"train/step_seconds", w.seconds / static_cast<double>(std::max<int64_t>(w.steps, 1))},
                {"train/supervised_tokens", static_cast<double>(w.kd_tokens)}};
   if (r.setup.run_teachers) s.emplace_back("train/kd_loss", mean(w.kd, w.kd_tokens));
+  if (r.scaler.enabled()) {
+    s.emplace_back("train/loss_scale", r.scaler.value());
+    s.emplace_back("train/skipped_steps", static_cast<double>(r.scaler.skipped_steps()));  // since the run began
+  }
   if (r.o.attn_weight > 0 && r.setup.run_teachers) s.emplace_back("train/attn_loss", mean(w.attn, w.kd_tokens));
   if (r.o.hidden_weight > 0) s.emplace_back("train/hidden_loss", mean(w.hidden, w.kd_tokens));
   if (r.setup.router_aux_coef > 0 || r.setup.router_z_coef > 0) s.emplace_back("train/router_loss", w.router / std::max<int64_t>(w.steps, 1));
@@ -365,6 +371,8 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
   torch::manual_seed(static_cast<uint64_t>(o.random_seed));
 
   Run r(o, kind);
+  r.scaler = LossScaler({.enabled = o.dtype == "float16", .init_scale = o.loss_scale_init,
+                         .growth_interval = o.loss_scale_growth_interval});
   r.tokenizer = tok::Tokenizer::load(o.base_model_path);
   r.student = load_student(o, r.device);
   r.teachers = std::make_unique<TeacherSet>(o, kind, *r.tokenizer, r.student->config());
@@ -418,6 +426,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     step = ckpt.state.step;
     resume_step = step;
     resumed_window = ckpt.state.log_window;
+    r.scaler.load_json(ckpt.state.loss_scaler);
     std::cerr << "resuming from " << dir.string() << " at step " << step << "\n";
   }
 
@@ -452,6 +461,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     state.config_hash = config_hash;
     state.metrics_tail = tail;
     state.log_window = window_to_json(window);
+    if (r.scaler.enabled()) state.loss_scaler = r.scaler.to_json();
     capture_rng_states(state);
     NamedTensors model_tensors = checkpoint_model_tensors(r);
     NamedTensors opt_state = optimizer.state();
@@ -464,9 +474,10 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     const auto started = std::chrono::steady_clock::now();
     StepBatches batches = next_step_batches(stream, r);
     accumulate(r, batches, step, window);
-    torch::Tensor grad_norm = clip_grad_norm(params, o.max_grad_norm);
+    const bool apply = r.scaler.unscale_and_update(params);
+    torch::Tensor grad_norm = apply ? clip_grad_norm(params, o.max_grad_norm) : torch::zeros({});
     const double lr = schedule.lr_at(step);
-    optimizer.step(lr);
+    if (apply) optimizer.step(lr);  // an fp16 overflow step is skipped; the schedule moves on, as in HF's Trainer
     optimizer.zero_grad();
     ++step;
     ++window.steps;
