@@ -8,21 +8,14 @@ import shutil
 
 import pytest
 
-from train_fixtures import make_domain_world, metrics, run
+from train_fixtures import make_domain_world, metrics, mistral_text_rows, run
 
 EXAMPLES = pathlib.Path(os.environ.get("KDAE_ROOT", pathlib.Path(__file__).resolve().parents[2])) / "examples"
 
 
 def inst_lines(path, domain=None):
-    out = []
-    for line in pathlib.Path(path).read_text().splitlines():
-        row = json.loads(line)
-        user, answer = row["messages"][0]["content"], row["messages"][1]["content"]
-        item = {"text": f"<s>[INST] {user} [/INST] {answer}</s>"}
-        if domain is not None:
-            item["domain"] = domain(row)
-        out.append(item)
-    return out
+    rows = [json.loads(l) for l in pathlib.Path(path).read_text().splitlines()]
+    return mistral_text_rows(rows, domain, flag_key="domain")
 
 
 def write_lines(path, lines):
@@ -30,7 +23,8 @@ def write_lines(path, lines):
     path.write_text("".join(json.dumps(l) + "\n" for l in lines))
 
 
-def test_kd_then_dae_examples_run_as_written(tmp_path):
+def test_kd_then_dae_examples_run_as_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDAE_HOME", str(tmp_path / "kdae-home"))  # the examples' data_cache_dir default
     w = make_domain_world(tmp_path / "world", n_train=64, n_domain=16, n_eval=8)
     work = tmp_path / "work"
     (work / "models").mkdir(parents=True)

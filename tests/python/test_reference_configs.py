@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from train_fixtures import make_domain_world, metrics, run, write_config
+from train_fixtures import make_domain_world, metrics, mistral_text_rows, run, write_config
 
 ASSETS = pathlib.Path(os.environ.get("KDAE_ROOT", pathlib.Path(__file__).parents[2])) / "tests" / "assets" / "kd-dae"
 WITHOUT_EFFECT = "experiment_name, load_in_8bit, load_in_4bit, local_rank, description, deepspeed"
@@ -27,15 +27,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def reference_lines(rows, flag=None):
-    """The reference's data shape: one Mistral-format string, plus is_domain when flag is set."""
-    out = []
-    for r in rows:
-        m = r["messages"]
-        line = {"text": f"<s>[INST] {m[0]['content']} [/INST] {m[1]['content']}</s>"}
-        if flag is not None:
-            line["is_domain"] = flag(r)
-        out.append(line)
-    return out
+    return mistral_text_rows(rows, flag)
 
 
 def write_lines(path, lines):

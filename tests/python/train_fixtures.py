@@ -130,6 +130,18 @@ def make_world(root: pathlib.Path, n_train=96, n_eval=24, answer_len=16):
     return world
 
 
+def mistral_text_rows(rows, flag=None, flag_key="is_domain"):
+    """Chat rows in the reference's data shape: one Mistral-format string, plus flag_key when flag is set."""
+    out = []
+    for r in rows:
+        m = r["messages"]
+        line = {"text": f"<s>[INST] {m[0]['content']} [/INST] {m[1]['content']}</s>"}
+        if flag is not None:
+            line[flag_key] = flag(r)
+        out.append(line)
+    return out
+
+
 def write_config(path: pathlib.Path, world, output_dir, **overrides):
     cfg = {
         "base_model_path": world["student"], "target_model_path": world["teacher"],
