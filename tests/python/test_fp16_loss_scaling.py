@@ -43,3 +43,19 @@ def test_clean_fp16_steps_train_and_the_scale_grows(world, tmp_path):
     run("distill", "--config", write_config(tmp_path / "ref.yaml", world, ref, max_steps=8))
     for a, b in zip(logged, metrics(ref)):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=2e-2)
+
+
+def test_a_resumed_fp16_run_continues_with_the_saved_scale(world, tmp_path):
+    # Growth every 3 clean steps: the scale doubles after step 3, so a resume from step 2 that restarted at
+    # 2^16 with a fresh count would log 2^16 at steps 3-4 instead of 2^16, 2^17.
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "run.yaml", world, out, dtype="float16", max_steps=4, save_steps=2,
+                       loss_scale_growth_interval=3)
+    run("distill", "--config", cfg)
+    first = metrics(out)
+    run("distill", "--config", cfg, "--set", f"resume_from_checkpoint={out / 'checkpoint-2'}", "--set", "overwrite=true")
+    resumed = metrics(out)
+    assert [m["train/loss_scale"] for m in first] == [2.0 ** 16] * 2 + [2.0 ** 17] * 2
+    assert [m["train/loss_scale"] for m in resumed] == [m["train/loss_scale"] for m in first]
+    for a, b in zip(first, resumed, strict=True):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-6)
