@@ -79,16 +79,13 @@ Command eval_command() {
     if (args.has("data")) overrides.push_back("eval_data_path=" + args.get("data"));
     train::DistillOptions options;
     if (args.has("config")) {
-      overrides.push_back("output_dir=unused");
-      options = load_run_config(args.get("config"), overrides, kind);
+      options = load_run_config(args.get("config"), overrides, kind, train::OptionsUse::evaluation);
     } else {
       if (!args.has("teacher") || !args.has("data")) usage_fail("give --config, or --teacher and --data");
       for (const auto& kv : overrides) apply_config_override(options, kv);
       options.target_model_path = args.get("teacher");
-      options.training_data_path = options.eval_data_path;
-      options.output_dir = "unused";
       options.teacher_dtype = "float32";
-      train::validate_distill_options(options, kind);
+      train::validate_distill_options(options, kind, train::OptionsUse::evaluation);
     }
     for (const auto& [name, value] : train::evaluate_student(options, kind)) std::cout << name << " " << value << "\n";
     return 0;

@@ -468,12 +468,12 @@ void apply_config_override(DistillOptions& options, const std::string& kv) {
 }
 
 DistillOptions load_run_config(const std::filesystem::path& path, const std::vector<std::string>& overrides,
-                               train::RunKind kind) {
+                               train::RunKind kind, train::OptionsUse use) {
   DistillOptions options;
   apply_config_text(options, read_file(path), path.string());
   for (const auto& kv : overrides) apply_config_override(options, kv);
   try {
-    train::validate_distill_options(options, kind);
+    train::validate_distill_options(options, kind, use);
   } catch (const Error& e) {
     fail(path.string(), ": ", e.what());
   }

@@ -14,7 +14,8 @@ namespace kdae::cli {
 // Reads path, then applies overrides ("key=value", value parsed as YAML with the same rules), then
 // validates for kind. A key given twice in the file is an error.
 train::DistillOptions load_run_config(const std::filesystem::path& path, const std::vector<std::string>& overrides,
-                                      train::RunKind kind);
+                                      train::RunKind kind,
+                                      train::OptionsUse use = train::OptionsUse::training);
 
 // Same from YAML text (source names it in errors); no validation.
 void apply_config_text(train::DistillOptions& options, const std::string& yaml_text, const std::string& source);

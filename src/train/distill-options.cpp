@@ -31,13 +31,17 @@ void check_cache_setting(const DistillOptions& o) {
 
 }  // namespace
 
-void validate_distill_options(DistillOptions& o, RunKind kind) {
+void validate_distill_options(DistillOptions& o, RunKind kind, OptionsUse use) {
   auto required = [](const std::string& key, const std::string& value) {
     if (value.empty()) fail("config key '", key, "' is required");
   };
   required("base_model_path", o.base_model_path);
-  required("training_data_path", o.training_data_path);
-  required("output_dir", o.output_dir);
+  if (use == OptionsUse::training) {
+    required("training_data_path", o.training_data_path);
+    required("output_dir", o.output_dir);
+  } else {
+    required("eval_data_path", o.eval_data_path);
+  }
   // The paper's two stages differ here: KD has L_attn, DAE has none (paper-notes), so the reference's
   // run_dae.yml, which sets no weight, must not get one.
   if (o.attn_weight < 0) o.attn_weight = kind == RunKind::distill ? 1.0 : 0.0;

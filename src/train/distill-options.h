@@ -112,9 +112,11 @@ struct DistillOptions {
 };
 
 enum class RunKind { distill, align };
+// What the options are for: evaluation (kdae eval) needs no training data and no output directory.
+enum class OptionsUse { training, evaluation };
 
 // Range and consistency checks shared by every way of filling the struct; throws kdae::Error
 // naming the key. align also fills `teachers` from target_model_path/domain_model_path when empty.
-void validate_distill_options(DistillOptions& options, RunKind kind);
+void validate_distill_options(DistillOptions& options, RunKind kind, OptionsUse use = OptionsUse::training);
 
 }  // namespace kdae::train

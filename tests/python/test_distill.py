@@ -158,6 +158,22 @@ def test_packing_does_not_change_the_figures(world, tmp_path):
         assert out["true"][key] == pytest.approx(out["false"][key], rel=1e-5), key
 
 
+def test_eval_config_needs_neither_training_data_nor_output_dir(world, tmp_path):
+    # An evaluation config holds what evaluation reads; the training keys are not asked for.
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"target_model_path: {world['teacher']}\neval_data_path: {world['eval.jsonl']}\n"
+                   "chat_template: chatml\nseq_length: 256\ndata_cache_dir: none\ndevice: cpu\nteacher_dtype: float32\n")
+    by_config = run("eval", "--model", world["student"], "--config", cfg).stdout
+    by_flags = run("eval", "--model", world["student"], "--teacher", world["teacher"], "--data", world["eval.jsonl"],
+                   "--set", "chat_template=chatml", "--set", "seq_length=256", "--set", "data_cache_dir=none",
+                   "--set", "device=cpu").stdout
+    assert by_config == by_flags and "eval/kl" in by_config
+    no_data = tmp_path / "no-data.yaml"
+    no_data.write_text(f"target_model_path: {world['teacher']}\n")
+    proc = run("eval", "--model", world["student"], "--config", no_data, check=False)
+    assert proc.returncode != 0 and "eval_data_path" in proc.stderr
+
+
 def test_lora_trains_adapters_and_merges_them(world, tmp_path):
     cfg = write_config(tmp_path / "run.yaml", world, tmp_path / "out", max_steps=5, learning_rate=1e-2, use_peft=True,
                        peft_lora_r=4, peft_lora_alpha=8, peft_lora_dropout=0.0, peft_target_modules=["q_proj", "v_proj"])
