@@ -63,149 +63,191 @@ std::vector<distill::LayerPairs> build_layer_pairs(const std::vector<int64_t>& l
   return out;
 }
 
-StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
-  const auto& batch = mb.batch;
+namespace {
+
+// The micro-batch on the student's device, and which terms this step computes.
+struct StepInputs {
+  torch::Tensor ids, positions, segments, labels, token_mask;  // (B, T)
+  torch::Tensor query_mask;  // (B, T) bool: rows of the divergence and of the attention term
+  bool need_attention = false, need_hidden = false;
+};
+
+StepInputs step_inputs(const StepSetup& s, const data::Batch& batch) {
+  StepInputs in;
   const auto dev = s.device;
-  auto ids = batch.input_ids.to(dev);                                    // (B, T)
-  auto positions = batch.position_ids.to(dev);                           // (B, T)
-  auto segments = s.packing ? batch.segment_ids.to(dev) : torch::Tensor();  // (B, T)
-  auto labels = batch.labels.to(dev);                                    // (B, T)
-  auto token_mask = batch.token_mask.to(dev);                            // (B, T)
-  auto query_mask = distill::supervised_mask(labels, token_mask, s.objective.alignment);  // (B, T)
-
+  in.ids = batch.input_ids.to(dev);
+  in.positions = batch.position_ids.to(dev);
+  if (s.packing) in.segments = batch.segment_ids.to(dev);
+  in.labels = batch.labels.to(dev);
+  in.token_mask = batch.token_mask.to(dev);
+  in.query_mask = distill::supervised_mask(in.labels, in.token_mask, s.objective.alignment);
   const bool kd_on = s.objective.lambda > 0;
-  const bool need_attn = kd_on && s.objective.attention_weight > 0;
-  const bool need_hidden = kd_on && s.objective.hidden_weight > 0;
+  in.need_attention = kd_on && s.objective.attention_weight > 0;
+  in.need_hidden = kd_on && s.objective.hidden_weight > 0;
+  return in;
+}
 
+// Groups the rows by teacher and starts each live teacher: run whole, or (attention KD) only embedded,
+// to be driven layer by layer by the student's forward.
+std::vector<LiveTeacher> start_teachers(StepSetup& s, const data::Batch& batch, const StepInputs& in) {
   std::vector<LiveTeacher> live;
-  const auto groups = s.run_teachers ? rows_by_teacher(s, batch) : std::map<int, std::vector<int64_t>>();
-  for (const auto& [index, rows] : groups) {
-    LiveTeacher t;
-    t.index = index;
-    t.rows = rows;
-    t.rows_on_student = torch::tensor(rows, torch::kInt64).to(dev);
-    t.pairs = &s.layer_pairs.at(index);
-    live.push_back(std::move(t));
-  }
+  if (!s.run_teachers) return live;
   std::set<int64_t> recomputed;  // student layers whose maps are asked for again in backward
   for (int64_t l = 0; l < s.student->config().num_layers; ++l)
     if (s.student->recomputes_layer(l)) recomputed.insert(l);
-  // Teachers start (attention KD: only embed, the student drives them) or run whole.
-  for (auto& t : live) {
-    Teacher& teacher = s.teachers->at(t.index);
-    if (teacher.cache) continue;
-    auto rows_t = torch::tensor(t.rows, torch::kInt64).to(teacher.device);
-    model::ForwardOptions opts;
-    opts.position_ids = positions.to(teacher.device).index_select(0, rows_t);
-    if (segments.defined()) opts.segment_ids = segments.to(teacher.device).index_select(0, rows_t);
-    opts.hidden_states = need_hidden;
-    opts.logits = !s.fused_head;
-    torch::NoGradGuard no_grad;
-    auto teacher_ids = ids.to(teacher.device).index_select(0, rows_t);  // (b, T)
-    if (need_attn) {
-      t.attention = std::make_shared<TeacherAttention>(teacher.model, teacher_ids, opts, *t.pairs, dev, recomputed);
-    } else {
-      t.out = teacher.model->forward(teacher_ids, opts);
+  for (const auto& [index, rows] : rows_by_teacher(s, batch)) {
+    LiveTeacher t;
+    t.index = index;
+    t.rows = rows;
+    t.rows_on_student = torch::tensor(rows, torch::kInt64).to(s.device);
+    t.pairs = &s.layer_pairs.at(index);
+    Teacher& teacher = s.teachers->at(index);
+    if (!teacher.cache) {
+      auto rows_t = torch::tensor(rows, torch::kInt64).to(teacher.device);
+      model::ForwardOptions opts;
+      opts.position_ids = in.positions.to(teacher.device).index_select(0, rows_t);
+      if (in.segments.defined()) opts.segment_ids = in.segments.to(teacher.device).index_select(0, rows_t);
+      opts.hidden_states = in.need_hidden;
+      opts.logits = !s.fused_head;
+      torch::NoGradGuard no_grad;
+      auto teacher_ids = in.ids.to(teacher.device).index_select(0, rows_t);  // (b, T)
+      if (in.need_attention)
+        t.attention = std::make_shared<TeacherAttention>(teacher.model, teacher_ids, opts, *t.pairs, s.device, recomputed);
+      else
+        t.out = teacher.model->forward(teacher_ids, opts);
     }
+    live.push_back(std::move(t));
   }
+  return live;
+}
 
-  model::ForwardOptions student_opts;
-  student_opts.position_ids = positions;
-  student_opts.segment_ids = segments;
-  student_opts.hidden_states = need_hidden;
-  student_opts.logits = !s.fused_head;
-  student_opts.router_logits = s.student->config().is_moe();
-  int64_t attention_rows = 0;  // supervised rows x student heads x mapped layers, the L_attn denominator
-  if (need_attn) {
-    const int64_t heads = s.student->config().num_heads;
-    std::vector<std::pair<std::shared_ptr<TeacherAttention>, torch::Tensor>> targets;  // (teacher, its rows)
-    for (auto& t : live) {
-      targets.emplace_back(t.attention, t.rows_on_student);
-      const int64_t rows = query_mask.index_select(0, t.rows_on_student).sum().item<int64_t>();
-      attention_rows += rows * heads * static_cast<int64_t>(t.pairs->size());
+// The attention-KL term of one student layer against every teacher's paired map. The student calls it
+// again for a layer it recomputes in backward, so it reads and never accumulates.
+std::function<torch::Tensor(int64_t, const torch::Tensor&)> attention_term(const std::vector<LiveTeacher>& live,
+                                                                         const torch::Tensor& query_mask) {
+  std::vector<std::pair<std::shared_ptr<TeacherAttention>, torch::Tensor>> targets;  // (teacher, its rows)
+  for (const auto& t : live) targets.emplace_back(t.attention, t.rows_on_student);
+  return [targets, query_mask](int64_t layer, const torch::Tensor& probs) {
+    distill::LossSum layer_sum;
+    for (const auto& [teacher, rows] : targets) {
+      torch::Tensor teacher_probs = teacher->map_for(layer);  // (b, Ht, T, T)
+      if (!teacher_probs.defined()) continue;
+      layer_sum.add(distill::attention_kl_layer(probs.index_select(0, rows), teacher_probs, query_mask.index_select(0, rows)));
     }
-    // Called again for a layer recomputed in backward: it reads, never accumulates.
-    student_opts.attention_term = [targets, query_mask](int64_t layer, const torch::Tensor& probs) {
-      distill::LossSum layer_sum;
-      for (const auto& [teacher, rows] : targets) {
-        torch::Tensor teacher_probs = teacher->map_for(layer);  // (b, Ht, T, T)
-        if (!teacher_probs.defined()) continue;
-        layer_sum.add(distill::attention_kl_layer(probs.index_select(0, rows), teacher_probs, query_mask.index_select(0, rows)));
-      }
-      return layer_sum.sum.defined() ? layer_sum.sum : torch::zeros({}, probs.options().dtype(torch::kFloat32));
-    };
-  }
-  model::ForwardOutput student_out;
+    return layer_sum.sum.defined() ? layer_sum.sum : torch::zeros({}, probs.options().dtype(torch::kFloat32));
+  };
+}
+
+// L_attn's denominator: supervised rows x student heads x mapped layers, over the teachers.
+int64_t attention_rows(const StepSetup& s, const std::vector<LiveTeacher>& live, const torch::Tensor& query_mask) {
+  int64_t n = 0;
+  for (const auto& t : live)
+    n += query_mask.index_select(0, t.rows_on_student).sum().item<int64_t>() * s.student->config().num_heads *
+         static_cast<int64_t>(t.pairs->size());
+  return n;
+}
+
+// The student's forward under the compute dtype; with attention KD it drives the teachers, which then finish.
+model::ForwardOutput student_forward(StepSetup& s, const StepInputs& in, std::vector<LiveTeacher>& live,
+                                     distill::LossSum& attention) {
+  model::ForwardOptions opts;
+  opts.position_ids = in.positions;
+  opts.segment_ids = in.segments;
+  opts.hidden_states = in.need_hidden;
+  opts.logits = !s.fused_head;
+  opts.router_logits = s.student->config().is_moe();
+  if (in.need_attention) opts.attention_term = attention_term(live, in.query_mask);
+  model::ForwardOutput out;
   {
-    ComputeDtypeGuard autocast(dev, s.compute_dtype);
-    student_out = s.student->forward(ids, student_opts);
+    ComputeDtypeGuard autocast(s.device, s.compute_dtype);
+    out = s.student->forward(in.ids, opts);
   }
-  if (need_attn) {
+  if (in.need_attention) {
     for (auto& t : live) t.out = t.attention->finish();
+    for (const auto& term : out.attention_terms) attention.add(term, 0);
+    attention.count = attention_rows(s, live, in.query_mask);
   }
-  distill::LossSum attention;
-  for (const auto& term : student_out.attention_terms) attention.add(term, 0);
-  attention.count = attention_rows;
+  return out;
+}
 
+// One teacher's share of the divergence: its cached top-k, its final hidden state and head, or logits.
+distill::TeacherPart teacher_part(const StepSetup& s, const LiveTeacher& t, const MicroBatch& mb) {
+  const Teacher& teacher = s.teachers->at(t.index);
+  distill::TeacherPart part{t.rows_on_student, torch::Tensor(), s.temperature_override.value_or(teacher.temperature),
+                            teacher.weight};
+  if (teacher.cache) {
+    std::vector<std::vector<size_t>> samples;  // of this teacher's rows
+    for (int64_t r : t.rows) samples.push_back(mb.row_samples.at(static_cast<size_t>(r)));
+    part.sparse = teacher.cache->rows_for(samples, mb.batch.labels.index_select(0, t.rows_on_student.cpu()), s.device);
+    part.is_sparse = true;
+  } else if (s.fused_head) {
+    part.hidden = t.out.final_hidden;
+    part.head = teacher.model->lm_head_weight();
+  } else {
+    part.logits = t.out.logits.to(s.device);
+  }
+  return part;
+}
+
+// The hidden-state term of one teacher's rows over its layer pairs.
+void add_hidden_pairs(StepSetup& s, const LiveTeacher& t, const model::ForwardOutput& student_out,
+                      const torch::Tensor& query_mask, distill::LossSum& hidden) {
+  for (size_t p = 0; p < t.pairs->size(); ++p) {
+    const auto [sl, tl] = (*t.pairs)[p];
+    auto student_h = student_out.hidden_states.at(sl + 1).index_select(0, t.rows_on_student);  // (b, T, Ds)
+    auto teacher_h = t.out.hidden_states.at(tl + 1).to(s.device, torch::kFloat32);           // (b, T, Dt)
+    hidden.add(s.hidden->layer(static_cast<int64_t>(p), student_h.to(torch::kFloat32), teacher_h,
+                               query_mask.index_select(0, t.rows_on_student)));
+  }
+}
+
+// MoE students: the weighted aux and z losses, and detached router logits for the load statistics.
+void add_router_terms(const StepSetup& s, const data::Batch& batch, const model::ForwardOutput& student_out,
+                      StepResult& result) {
+  if (student_out.router_logits.empty()) return;
+  const auto& config = s.student->config();
+  auto real_tokens = batch.segment_ids.ne(0).reshape({-1}).to(s.device);  // (B*T): padding routes nowhere
+  if (s.router_aux_coef > 0)
+    result.router_loss = distill::load_balancing_loss(student_out.router_logits, config.num_experts,
+                                                      config.experts_per_token, real_tokens) * s.router_aux_coef;
+  if (s.router_z_coef > 0) {
+    auto z = distill::router_z_loss(student_out.router_logits, real_tokens) * s.router_z_coef;
+    result.router_loss = result.router_loss.defined() ? result.router_loss + z : z;
+  }
+  for (auto& r : student_out.router_logits) result.router_logits.push_back(r.detach());
+  result.router_token_mask = real_tokens;
+}
+
+}  // namespace
+
+StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
+  const StepInputs in = step_inputs(s, mb.batch);
+  std::vector<LiveTeacher> live = start_teachers(s, mb.batch, in);
   distill::KdBatch kd;
+  model::ForwardOutput student_out = student_forward(s, in, live, kd.attention);
   if (s.fused_head) {
     kd.student_hidden = student_out.final_hidden;
     kd.student_head = s.student->lm_head_weight();
   } else {
     kd.student_logits = student_out.logits;
   }
-  kd.labels = labels;
-  kd.token_mask = token_mask;
-  kd.sample_weights = batch.weight.to(dev);
-  kd.attention = attention;
+  kd.labels = in.labels;
+  kd.token_mask = in.token_mask;
+  kd.sample_weights = mb.batch.weight.to(s.device);
   StepResult result;
   for (auto& t : live) {
-    const Teacher& teacher = s.teachers->at(t.index);
-    distill::TeacherPart part{t.rows_on_student, torch::Tensor(), s.temperature_override.value_or(teacher.temperature),
-                              teacher.weight};
-    if (teacher.cache) {
-      std::vector<std::vector<size_t>> samples;  // of this teacher's rows
-      for (int64_t r : t.rows) samples.push_back(mb.row_samples.at(static_cast<size_t>(r)));
-      part.sparse = teacher.cache->rows_for(samples, batch.labels.index_select(0, t.rows_on_student.cpu()), dev);
-      part.is_sparse = true;
-    } else if (s.fused_head) {
-      part.hidden = t.out.final_hidden;
-      part.head = teacher.model->lm_head_weight();
-    } else {
-      part.logits = t.out.logits.to(dev);
-    }
-    kd.teachers.push_back(std::move(part));
+    kd.teachers.push_back(teacher_part(s, t, mb));
     result.part_teacher.push_back(t.index);
-    if (need_hidden) {
-      for (size_t p = 0; p < t.pairs->size(); ++p) {
-        const auto [sl, tl] = (*t.pairs)[p];
-        auto student_h = student_out.hidden_states.at(sl + 1).index_select(0, t.rows_on_student);  // (b, T, Ds)
-        auto teacher_h = t.out.hidden_states.at(tl + 1).to(dev, torch::kFloat32);                // (b, T, Dt)
-        kd.hidden.add(s.hidden->layer(static_cast<int64_t>(p), student_h.to(torch::kFloat32), teacher_h,
-                                      query_mask.index_select(0, t.rows_on_student)));
-      }
-    }
-    t.out = model::ForwardOutput();
+    if (in.need_hidden) add_hidden_pairs(s, t, student_out, in.query_mask, kd.hidden);
+    t.out = model::ForwardOutput();  // the teacher's hidden states are no longer needed
   }
   {
     // Under the compute dtype so the fused head's matmuls run like the student's other linears (the
     // losses themselves cast to fp32).
-    ComputeDtypeGuard autocast(dev, s.compute_dtype);
+    ComputeDtypeGuard autocast(s.device, s.compute_dtype);
     result.terms = distill::kd_objective(kd, s.objective);
   }
-  if (!student_out.router_logits.empty()) {
-    const auto& config = s.student->config();
-    auto real_tokens = batch.segment_ids.ne(0).reshape({-1}).to(dev);  // (B*T): padding routes nowhere
-    if (s.router_aux_coef > 0)
-      result.router_loss = distill::load_balancing_loss(student_out.router_logits, config.num_experts,
-                                                        config.experts_per_token, real_tokens) * s.router_aux_coef;
-    if (s.router_z_coef > 0) {
-      auto z = distill::router_z_loss(student_out.router_logits, real_tokens) * s.router_z_coef;
-      result.router_loss = result.router_loss.defined() ? result.router_loss + z : z;
-    }
-    for (auto& r : student_out.router_logits) result.router_logits.push_back(r.detach());
-    result.router_token_mask = real_tokens;
-  }
+  add_router_terms(s, mb.batch, student_out, result);
   return result;
 }
 
