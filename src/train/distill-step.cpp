@@ -126,7 +126,8 @@ std::vector<LiveTeacher> start_teachers(StepSetup& s, const data::Batch& batch, 
 std::function<torch::Tensor(int64_t, const torch::Tensor&)> attention_term(const std::vector<LiveTeacher>& live,
                                                                          const torch::Tensor& query_mask) {
   std::vector<std::pair<std::shared_ptr<TeacherAttention>, torch::Tensor>> targets;  // (teacher, its rows)
-  for (const auto& t : live) targets.emplace_back(t.attention, t.rows_on_student);
+  for (const auto& t : live)
+    if (t.attention) targets.emplace_back(t.attention, t.rows_on_student);  // cached teachers have no maps
   return [targets, query_mask](int64_t layer, const torch::Tensor& probs) {
     distill::LossSum layer_sum;
     for (const auto& [teacher, rows] : targets) {
@@ -142,7 +143,8 @@ std::function<torch::Tensor(int64_t, const torch::Tensor&)> attention_term(const
 int64_t attention_rows(const StepSetup& s, const std::vector<LiveTeacher>& live, const torch::Tensor& query_mask) {
   int64_t n = 0;
   for (const auto& t : live)
-    n += query_mask.index_select(0, t.rows_on_student).sum().item<int64_t>() * s.student->config().num_heads *
+    if (t.attention)
+      n += query_mask.index_select(0, t.rows_on_student).sum().item<int64_t>() * s.student->config().num_heads *
          static_cast<int64_t>(t.pairs->size());
   return n;
 }
@@ -163,7 +165,8 @@ model::ForwardOutput student_forward(StepSetup& s, const StepInputs& in, std::ve
     out = s.student->forward(in.ids, opts);
   }
   if (in.need_attention) {
-    for (auto& t : live) t.out = t.attention->finish();
+    for (auto& t : live)
+      if (t.attention) t.out = t.attention->finish();
     for (const auto& term : out.attention_terms) attention.add(term, 0);
     attention.count = attention_rows(s, live, in.query_mask);
   }
