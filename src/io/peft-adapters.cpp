@@ -65,7 +65,7 @@ std::string kdae_tensor_name(const std::string& peft_name) {
   std::string name = peft_name;
   if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
   if (ends_with(name, ".weight")) name = name.substr(0, name.size() - 7);
-  // Adapters saved with a non-default adapter name keep it: <module>.lora_A.<adapter>.weight.
+  // Anything else (a non-default adapter name, <module>.lora_A.<adapter>.weight; embeddings; biases) is refused.
   if (!ends_with(name, ".lora_A") && !ends_with(name, ".lora_B"))
     fail("tensor '", peft_name, "' is no LoRA A/B matrix under PEFT's naming (", prefix, "<module>.lora_A.weight)");
   return name;

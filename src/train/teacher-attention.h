@@ -34,10 +34,11 @@ class TeacherAttention {
   model::Transformer teacher_;
   model::ForwardState state_;
   std::map<int64_t, int64_t> teacher_layer_of_;  // student layer -> teacher layer
+  std::set<int64_t> keep_;                       // teacher layers whose map is asked for more than once
   std::map<int64_t, torch::Tensor> inputs_;      // teacher layer -> its input, when kept
   torch::Tensor last_probs_;
   torch::Device device_;
-  std::set<int64_t> recomputed_;  // student layers
+
 };
 
 }  // namespace kdae::train

@@ -157,6 +157,33 @@ TEST_F(CheckpointingTest, MoeStudentWithRouterLossesMatches) {
 
 TEST_F(CheckpointingTest, LoraWithDropoutMatches) { expect_same_step({.attention_weight = 1.0, .lora_dropout = 0.15}); }
 
+// An explicit layer_map may name a teacher layer twice, or after a deeper one: the lock-step teacher has
+// passed it by then and must still give its map. The attention term equals the one computed from every
+// layer's maps at once (both models' forwards with attentions kept), with and without checkpointing.
+TEST_F(CheckpointingTest, RepeatedAndBackwardLayerMapsMatchTheAllMapsFormula) {
+  build({.attention_weight = 1.0});
+  setup_.layer_pairs = {{{0, 2}, {1, 2}, {2, 0}}};
+  const MicroBatch mb = tiny_batch();
+  torch::Tensor want;
+  {
+    torch::NoGradGuard no_grad;
+    model::ForwardOptions all;
+    all.attentions = true;
+    auto s = student_->forward(mb.batch.input_ids, all);
+    auto t = teachers_->at(0).model->forward(mb.batch.input_ids, all);
+    auto query = distill::supervised_mask(mb.batch.labels, mb.batch.token_mask, setup_.objective.alignment);
+    distill::AttentionKL kl;
+    for (const auto& [sl, tl] : setup_.layer_pairs[0]) kl.add_layer(s.attentions[sl], t.attentions[tl], query);
+    want = kl.total().mean();
+  }
+  for (bool checkpointing : {false, true}) {
+    student_->gradient_checkpointing = checkpointing;
+    StepResult r = compute_step(setup_, mb);
+    EXPECT_TRUE(test::near(r.terms.attention_loss.item<double>(), want.item<double>(), 1e-6, 1e-6)) << checkpointing;
+    if (checkpointing) r.terms.total.backward();  // the backward asks for layer 2's and layer 0's maps again
+  }
+}
+
 // The recompute runs in backward, outside the caller's autocast region: it must restore the
 // forward's autocast state, so a bf16 forward is recomputed in bf16.
 TEST_F(CheckpointingTest, RecomputeUsesTheForwardsAutocastDtype) {
