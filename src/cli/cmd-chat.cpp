@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "cli/generation.h"
+#include "generate/text-generator.h"
 #include "common/device.h"
 
 namespace kdae::cli {
@@ -15,8 +16,8 @@ namespace {
 
 int run_chat(const Args& args) {
   apply_compute_options(args);
-  const model::GenerateOptions options = generate_options_from(args);
-  Generator generator(args.get("model"), args.get("template"), parse_device(args.get("device")),
+  const gen::GenerateOptions options = generate_options_from(args);
+  gen::TextGenerator generator(args.get("model"), args.get("template"), parse_device(args.get("device")),
                       parse_dtype(args.get("dtype")));
   std::vector<data::Message> start;
   if (auto system = args.maybe("system")) start.push_back({"system", *system});

@@ -13,6 +13,7 @@
 
 #include "cli/commands.h"
 #include "cli/generation.h"
+#include "generate/text-generator.h"
 #include "cli/pruning.h"
 #include "cli/run-config.h"
 #include "common/error.h"
@@ -145,8 +146,8 @@ std::vector<std::string> heldout_prompts(const fs::path& heldout, int64_t n) {
 }
 
 void answer(DemoRow& row, const std::vector<std::string>& prompts, const Args& args) {
-  Generator generator(row.model.string(), args.get("template"), torch::kCPU, torch::kFloat32);
-  model::GenerateOptions options;
+  gen::TextGenerator generator(row.model.string(), args.get("template"), torch::kCPU, torch::kFloat32);
+  gen::GenerateOptions options;
   options.max_new_tokens = args.get_int("answer-tokens");
   std::vector<std::vector<int64_t>> ids;
   for (const auto& prompt : prompts) {

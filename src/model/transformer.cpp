@@ -72,6 +72,18 @@ torch::Tensor build_mask(int64_t B, int64_t T, int64_t past, const torch::Tensor
   return allowed.contiguous();
 }
 
+// Causal (and window) mask restricted to the real keys of each row. A padding query may still see
+// itself: a row with no allowed key softmaxes to NaN, and its NaN keys would poison real rows'
+// next layer through 0 x NaN.
+torch::Tensor with_key_mask(torch::Tensor allowed, const torch::Tensor& key_mask, int64_t past) {
+  const int64_t B = key_mask.size(0), S = key_mask.size(1), T = S - past;
+  torch::Tensor keys = key_mask.view({B, 1, 1, S});
+  if (!allowed.defined()) return keys.expand({B, 1, T, S}).contiguous();
+  auto idx = torch::TensorOptions().dtype(torch::kInt64).device(key_mask.device());
+  torch::Tensor self = torch::arange(past, S, idx).view({T, 1}) == torch::arange(0, S, idx).view({1, S});  // (T, S)
+  return allowed.logical_and(keys).logical_or(self.view({1, 1, T, S})).contiguous();
+}
+
 }  // namespace
 
 ForwardState TransformerImpl::begin(const torch::Tensor& input_ids, const ForwardOptions& opt) {
@@ -97,6 +109,14 @@ ForwardState TransformerImpl::begin(const torch::Tensor& input_ids, const Forwar
   // Plain causal attention (past = 0) or single-token decoding needs no explicit mask: SDPA's fast paths.
   if (opt.segment_ids.defined() || (past > 0 && T > 1)) ctx.mask = build_mask(B, T, past, opt.segment_ids, std::nullopt, device);
   if (needs_window) ctx.window_mask = build_mask(B, T, past, opt.segment_ids, config_.sliding_window, device);
+  if (opt.key_mask.defined()) {
+    if (opt.key_mask.dim() != 2 || opt.key_mask.size(0) != B || opt.key_mask.size(1) != past + T)
+      fail("key_mask must be (B, cache + T) = (", B, ", ", past + T, "), got ", opt.key_mask.sizes());
+    const torch::Tensor keys = opt.key_mask.to(device, torch::kBool);
+    if (T > 1 && !ctx.mask.defined()) ctx.mask = build_mask(B, T, past, opt.segment_ids, std::nullopt, device);
+    ctx.mask = with_key_mask(ctx.mask, keys, past);
+    if (needs_window) ctx.window_mask = with_key_mask(ctx.window_mask, keys, past);
+  }
   return state;
 }
 

@@ -25,6 +25,10 @@ struct KVCache {
 struct ForwardOptions {
   torch::Tensor position_ids;  // (B, T) int64; default: cache length + arange(T)
   torch::Tensor segment_ids;   // (B, T) int; packed samples attend only within their segment (0 = padding)
+  // (B, S) bool over cache + new keys, false = a padding slot. Batched decoding left-pads rows of
+  // different lengths into one cache, so each row's tokens stay contiguous and end at the last
+  // column: causal and sliding-window distances in columns are then real token distances.
+  torch::Tensor key_mask;
   bool attentions = false;     // keep per-layer attention probabilities (eager path)
   bool hidden_states = false;  // keep N + 1 hidden states (embeddings, each layer, final norm)
   bool router_logits = false;  // keep per-layer router logits (MoE)

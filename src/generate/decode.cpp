@@ -1,4 +1,4 @@
-#include "model/generate.h"
+#include "generate/decode.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -6,7 +6,7 @@
 
 #include "common/error.h"
 
-namespace kdae::model {
+namespace kdae::gen {
 namespace {
 
 // Keeps the cache entries of the longest common prefix of state.tokens and prompt, but always
@@ -16,7 +16,7 @@ size_t reuse_prefix(DecodeState& state, const std::vector<int64_t>& prompt) {
   const size_t limit = std::min(state.tokens.size(), prompt.size() - 1);
   while (keep < limit && state.tokens[keep] == prompt[keep]) ++keep;
   if (keep == 0) {
-    state.cache = KVCache{};
+    state.cache = model::KVCache{};
   } else if (keep < static_cast<size_t>(state.cache.length())) {
     for (auto* list : {&state.cache.keys, &state.cache.values})
       for (auto& t : *list) t = t.narrow(2, 0, static_cast<int64_t>(keep));  // (B, Hkv, keep, hd)
@@ -37,17 +37,19 @@ int64_t pick_token(const torch::Tensor& logits, double temperature, double top_p
   return order[choice].item<int64_t>();
 }
 
-std::vector<int64_t> generate(Transformer& model, const std::vector<int64_t>& prompt, const GenerateOptions& options,
+torch::Generator sampling_generator(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+
+std::vector<int64_t> generate(model::Transformer& model, const std::vector<int64_t>& prompt, const GenerateOptions& options,
                               const std::function<void(int64_t)>& on_token, DecodeState* state) {
   if (prompt.empty()) fail("generate: the prompt has no tokens");
   DecodeState local;
   DecodeState& s = state ? *state : local;
   const size_t reused = reuse_prefix(s, prompt);
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+  auto gen = sampling_generator(options.seed);
   const torch::Device device = model->parameters().front().device();
 
   torch::InferenceMode inference;
-  ForwardOptions fwd;
+  model::ForwardOptions fwd;
   fwd.cache = &s.cache;
   std::vector<int64_t> step(prompt.begin() + static_cast<std::ptrdiff_t>(reused), prompt.end());
   std::vector<int64_t> produced;
@@ -64,4 +66,4 @@ std::vector<int64_t> generate(Transformer& model, const std::vector<int64_t>& pr
   return produced;
 }
 
-}  // namespace kdae::model
+}  // namespace kdae::gen

@@ -1,6 +1,7 @@
-// Autoregressive decoding with the KV cache: greedy (equal to transformers' greedy generate) or
-// temperature / nucleus sampling with a seeded generator. Token level; the text side (chat
-// templates, streaming decoded text) lives in cli/generation.h.
+// Autoregressive decoding of one sequence with the KV cache: greedy (equal to transformers' greedy
+// generate) or temperature / nucleus sampling with a seeded generator. Token level; many sequences
+// at once are generate/batch-decoder.h, the text side (chat templates, streamed text) is
+// generate/text-generator.h.
 #pragma once
 #include <torch/types.h>
 
@@ -10,7 +11,7 @@
 
 #include "model/transformer.h"
 
-namespace kdae::model {
+namespace kdae::gen {
 
 struct GenerateOptions {
   int64_t max_new_tokens = 64;
@@ -23,16 +24,19 @@ struct GenerateOptions {
 // What the cache holds between calls: a conversation re-fed each turn only runs the tokens after
 // the common prefix with the previous call.
 struct DecodeState {
-  KVCache cache;
+  model::KVCache cache;
   std::vector<int64_t> tokens;  // the tokens whose keys and values are in `cache`, in order
 };
 
 // Generates up to max_new_tokens after `prompt` (non-empty) and returns them. on_token sees each
 // token as it is chosen (streaming). state == nullptr: a fresh cache for this call only.
-std::vector<int64_t> generate(Transformer& model, const std::vector<int64_t>& prompt, const GenerateOptions& options,
+std::vector<int64_t> generate(model::Transformer& model, const std::vector<int64_t>& prompt, const GenerateOptions& options,
                               const std::function<void(int64_t)>& on_token = {}, DecodeState* state = nullptr);
 
 // Next token from one position's logits (V).
 int64_t pick_token(const torch::Tensor& logits, double temperature, double top_p, torch::Generator& gen);
 
-}  // namespace kdae::model
+// A sampling generator seeded like generate()'s, so a batch row draws what a lone call would.
+torch::Generator sampling_generator(uint64_t seed);
+
+}  // namespace kdae::gen
