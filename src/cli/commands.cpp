@@ -23,6 +23,7 @@ const std::vector<Command>& all_commands() {
       teacher_cache_command(),
       prune_command(),
       lora_command(),
+      serve_command(),
   };
   return commands;
 }

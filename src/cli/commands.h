@@ -26,5 +26,6 @@ Command upcycle_command();
 Command teacher_cache_command();
 Command prune_command();
 Command lora_command();
+Command serve_command();
 
 }  // namespace kdae::cli

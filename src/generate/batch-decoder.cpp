@@ -47,6 +47,13 @@ int64_t BatchDecoder::add(SequenceRequest request) {
   return id;
 }
 
+void BatchDecoder::reset() {
+  waiting_.clear();
+  rows_.clear();
+  cache_ = {};
+  key_mask_ = torch::Tensor();
+}
+
 void BatchDecoder::cancel(int64_t id) {
   for (auto& r : rows_) r.cancelled |= r.id == id;
   for (auto& r : waiting_) r.cancelled |= r.id == id;

@@ -51,6 +51,7 @@ class BatchDecoder {
   // every running one. Empty when idle.
   std::vector<SequenceEvent> step();
   bool idle() const { return rows_.empty() && waiting_.empty(); }
+  void reset();  // drops every sequence (after a failed step)
 
   int64_t running() const { return static_cast<int64_t>(rows_.size()); }
   int64_t largest_batch() const { return largest_batch_; }  // most rows one decoding forward has run
