@@ -24,6 +24,7 @@ const std::vector<Command>& all_commands() {
       prune_command(),
       lora_command(),
       serve_command(),
+      answer_command(),
   };
   return commands;
 }

@@ -27,5 +27,6 @@ Command teacher_cache_command();
 Command prune_command();
 Command lora_command();
 Command serve_command();
+Command answer_command();
 
 }  // namespace kdae::cli
