@@ -25,6 +25,7 @@ const std::vector<Command>& all_commands() {
       lora_command(),
       serve_command(),
       answer_command(),
+      judge_command(),
   };
   return commands;
 }

@@ -28,5 +28,6 @@ Command prune_command();
 Command lora_command();
 Command serve_command();
 Command answer_command();
+Command judge_command();
 
 }  // namespace kdae::cli
