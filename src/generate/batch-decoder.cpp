@@ -105,13 +105,18 @@ std::vector<SequenceEvent> BatchDecoder::prefill() {
     fwd.key_mask = real.to(device_);
     fwd.position_ids = (real.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).to(device_);  // (n, T)
   }
-  const torch::Tensor logits = model_->forward(ids.to(device_), fwd).logits;  // (n, T, V)
-
+  // Only echo needs every position's logits; otherwise the head runs on the last position only
+  // (the head over a whole prompt batch costs more than many decoding steps).
+  const bool every_position = std::any_of(joining.begin(), joining.end(), [](const Row& r) { return r.request.prompt_logprobs; });
+  fwd.logits = every_position;
+  const model::ForwardOutput out = model_->forward(ids.to(device_), fwd);
+  const torch::Tensor logits = every_position ? out.logits : torch::Tensor();  // (n, T, V)
+  const torch::Tensor last = every_position ? logits.select(1, T - 1)
+                                            : torch::nn::functional::linear(out.final_hidden.select(1, T - 1),
+                                                                            model_->lm_head_weight());  // (n, V)
   std::vector<SequenceEvent> events;
-  std::vector<torch::Tensor> last;
   for (int64_t i = 0; i < n; ++i) {
     const Row& row = joining[i];
-    last.push_back(logits[i][T - 1]);
     if (!row.request.prompt_logprobs) continue;
     SequenceEvent prompt_event{row.id, std::nullopt, {}, FinishReason::none};
     const int64_t offset = T - row.length;
@@ -123,7 +128,7 @@ std::vector<SequenceEvent> BatchDecoder::prefill() {
   }
   splice(std::move(cache), real.to(device_));
   for (auto& r : joining) rows_.push_back(std::move(r));
-  advance(torch::stack(last), first, events);
+  advance(last, first, events);
   return events;
 }
 

@@ -1,23 +1,35 @@
 #include "serve/scheduler.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <iostream>
 
 namespace kdae::serve {
 
+namespace {
+bool wakes(const Delivery& d, bool finish_only) {
+  return !finish_only || d.failed || d.event.finished != gen::FinishReason::none;
+}
+}  // namespace
+
 void EventQueue::push(Delivery d) {
+  const bool wake = wakes(d, wake_on_finish_only_);
   {
     std::lock_guard lock(mutex_);
     items_.push_back(std::move(d));
+    waking_ += wake ? 1 : 0;
   }
-  ready_.notify_one();
+  if (wake) ready_.notify_one();
 }
 
+// Items queued before a waking one are handed out with it, in order.
 std::optional<Delivery> EventQueue::pop(std::chrono::milliseconds wait) {
   std::unique_lock lock(mutex_);
-  if (!ready_.wait_for(lock, wait, [&] { return !items_.empty(); })) return std::nullopt;
+  if (!ready_.wait_for(lock, wait, [&] { return waking_ > 0; })) return std::nullopt;
   Delivery d = std::move(items_.front());
   items_.pop_front();
+  waking_ -= wakes(d, wake_on_finish_only_) ? 1 : 0;
   return d;
 }
 
@@ -32,8 +44,12 @@ bool EventQueue::cancelled(int64_t choice) {
   return all_cancelled_ || std::find(cancelled_.begin(), cancelled_.end(), choice) != cancelled_.end();
 }
 
+// OpenMP's thread count is per calling thread: the model's thread uses what --threads set on the main one.
 Scheduler::Scheduler(model::Transformer model, int64_t max_batch)
-    : decoder_(std::move(model), max_batch), thread_([this] { loop(); }) {}
+    : decoder_(std::move(model), max_batch), thread_([this, threads = at::get_num_threads()] {
+        at::set_num_threads(threads);
+        loop();
+      }) {}
 
 Scheduler::~Scheduler() {
   {

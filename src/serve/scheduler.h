@@ -27,6 +27,9 @@ struct Delivery {
 // scheduler drop its sequences at the next step.
 class EventQueue {
  public:
+  // A reply that is neither streamed nor cut by stop strings needs no wake-up per token: waking a
+  // handler thread every step takes a core from the model's threads.
+  explicit EventQueue(bool wake_on_finish_only = false) : wake_on_finish_only_(wake_on_finish_only) {}
   void push(Delivery d);
   std::optional<Delivery> pop(std::chrono::milliseconds wait);
   void cancel(int64_t choice = -1);  // -1: every choice
@@ -36,6 +39,8 @@ class EventQueue {
   std::mutex mutex_;
   std::condition_variable ready_;
   std::deque<Delivery> items_;
+  const bool wake_on_finish_only_;
+  size_t waking_ = 0;  // queued items that wake a waiter
   bool all_cancelled_ = false;
   std::vector<int64_t> cancelled_;
 };

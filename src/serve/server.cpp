@@ -62,7 +62,7 @@ class Api {
     bool chat = false, echo = false;
     std::string prompt_text;
     int64_t prompt_tokens = 0, first_prompt_token = 0;
-    std::shared_ptr<EventQueue> queue = std::make_shared<EventQueue>();
+    std::shared_ptr<EventQueue> queue;
     std::vector<ChoiceState> choices;
     std::string id;
     int64_t created = now_seconds();
@@ -102,6 +102,7 @@ std::shared_ptr<Api::Job> Api::start(Sampling s, std::vector<int64_t> prompt, bo
                    "messages", "context_length_exceeded");
   const int64_t max_tokens = s.max_tokens.value_or(chat ? std::min(options_.default_chat_tokens, room) : 16);
   const uint64_t seed = s.seed.value_or(std::random_device{}());
+  job->queue = std::make_shared<EventQueue>(!s.stream && s.stop.empty());
   job->chat = chat;
   job->prompt_tokens = length;
   job->first_prompt_token = prompt.front();
