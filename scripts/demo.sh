@@ -18,4 +18,5 @@ if [ ! -f "$TEACHER/config.json" ]; then
   "$KDAE" convert --in "$GGUF" --out "$TEACHER"
 fi
 "$KDAE" info --model "$TEACHER"
-"$KDAE" demo --teacher "$TEACHER" --data "$KDAE_ROOT/data/demo" --out "$KDAE_HOME/demo" "$@"
+"$KDAE" demo --teacher "$TEACHER" --data "$KDAE_ROOT/data/demo" --out "$KDAE_HOME/demo" \
+  --questions "$KDAE_ROOT/data/eval/questions.jsonl" "$@"

@@ -13,7 +13,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/progress.h"
-#include "eval/benchmarks.h"
+#include "eval/answering.h"
 #include "eval/prompt-file.h"
 
 namespace kdae::cli {
@@ -49,34 +49,13 @@ void answer_mt_bench(AnswerRun& run, const std::vector<eval::MtBenchQuestion>& q
   if (todo.size() < questions.size())
     std::cerr << "answer: " << questions.size() - todo.size() << " of " << questions.size()
               << " questions already answered in " << run.out << "\n";
-  auto on_tokens = [&](int64_t, int64_t tokens) { run.progress.advance(0, tokens); };
+  eval::MtBenchAnswerOptions options{run.options, run.fixed_temperature, run.batch_size, run.model_id,
+                                     [&](int64_t, int64_t tokens) { run.progress.advance(0, tokens); }};
   for (size_t start = 0; start < todo.size(); start += static_cast<size_t>(run.batch_size)) {
     const size_t end = std::min(todo.size(), start + static_cast<size_t>(run.batch_size));
-    std::vector<std::vector<data::Message>> conversations(end - start);
-    std::vector<std::vector<std::string>> turns(end - start);
-    for (size_t turn = 0;; ++turn) {
-      std::vector<size_t> asking;
-      std::vector<std::vector<data::Message>> batch;
-      std::vector<gen::GenerateOptions> options;
-      for (size_t i = 0; i < conversations.size(); ++i) {
-        const auto& q = *todo[start + i];
-        if (turn >= q.turns.size()) continue;
-        conversations[i].push_back({"user", q.turns[turn]});
-        asking.push_back(i);
-        batch.push_back(conversations[i]);
-        gen::GenerateOptions o = run.options;
-        if (!run.fixed_temperature) o.temperature = eval::mt_bench_temperature(q.category);
-        options.push_back(o);
-      }
-      if (asking.empty()) break;
-      const auto replies = eval::answer_conversations(run.generator, batch, options, run.batch_size, on_tokens);
-      for (size_t k = 0; k < asking.size(); ++k) {
-        conversations[asking[k]].push_back({"assistant", replies[k]});
-        turns[asking[k]].push_back(replies[k]);
-      }
-    }
-    for (size_t i = 0; i < turns.size(); ++i)
-      lines.push_back(eval::mt_bench_answer(todo[start + i]->question_id, run.model_id, turns[i]));
+    const std::vector<const eval::MtBenchQuestion*> group(todo.begin() + static_cast<std::ptrdiff_t>(start),
+                                                          todo.begin() + static_cast<std::ptrdiff_t>(end));
+    for (auto& line : eval::answer_mt_bench(run.generator, group, options)) lines.push_back(std::move(line));
     std::sort(lines.begin(), lines.end(),
               [](const json& a, const json& b) { return a["question_id"] < b["question_id"]; });
     write_lines(run.out, lines);

@@ -21,6 +21,9 @@
 #include "common/threads.h"
 #include "data/dataset.h"
 #include "eval/answer-stats.h"
+#include "eval/answering.h"
+#include "eval/judge-backends.h"
+#include "eval/prompt-file.h"
 #include "io/hf-model.h"
 #include "tokenizer/tokenizer.h"
 #include "train/teacher-cache-writer.h"
@@ -36,6 +39,9 @@ struct DemoRow {
   double ce = 0, perplexity = 0, kl = 0;
   std::vector<std::string> answers;
   eval::AnswerStats stats;
+  std::string judge_name;                // its answer file's name when it is judged; "" = not judged
+  std::vector<nlohmann::json> mt_answers;
+  eval::ScoreCell judged;
 };
 
 // Seconds per phase, for the report's last line.
@@ -145,17 +151,52 @@ std::vector<std::string> heldout_prompts(const fs::path& heldout, int64_t n) {
   return prompts;
 }
 
-void answer(DemoRow& row, const std::vector<std::string>& prompts, const Args& args) {
+// Greedy answers to the held-out prompts, and (judged rows) to the bundled questions, both batched.
+void answer(DemoRow& row, const std::vector<std::string>& prompts, const std::vector<eval::MtBenchQuestion>& questions,
+            const Args& args) {
   gen::TextGenerator generator(row.model.string(), args.get("template"), torch::kCPU, torch::kFloat32);
-  gen::GenerateOptions options;
-  options.max_new_tokens = args.get_int("answer-tokens");
+  gen::GenerateOptions greedy;
+  greedy.max_new_tokens = args.get_int("answer-tokens");
+  std::vector<std::vector<data::Message>> conversations;
+  for (const auto& prompt : prompts) conversations.push_back({{"user", prompt}});
+  const auto completions = eval::complete_conversations(
+      generator, conversations, std::vector<gen::GenerateOptions>(prompts.size(), greedy), 8);
   std::vector<std::vector<int64_t>> ids;
-  for (const auto& prompt : prompts) {
-    generator.reset();
-    row.answers.push_back(generator.reply({{"user", prompt}}, options, nullptr));
-    ids.push_back(generator.last_ids());
+  for (const auto& c : completions) {
+    row.answers.push_back(gen::decode_text(generator.tokenizer(), c.tokens));
+    ids.push_back(c.tokens);
   }
   row.stats = eval::answer_stats(ids, 4);
+  if (row.judge_name.empty() || questions.empty()) return;
+  std::vector<const eval::MtBenchQuestion*> asked;
+  for (const auto& q : questions) asked.push_back(&q);
+  row.mt_answers = eval::answer_mt_bench(generator, asked, {greedy, /*fixed_temperature=*/true, 8, row.judge_name, {}});
+}
+
+// The teacher grades the judged rows' answers to the bundled questions (MT-Bench protocol). Answers and
+// judgments are written in FastChat's layout, so a stronger judge can grade them again.
+void judge(std::vector<DemoRow>& rows, const std::vector<eval::MtBenchQuestion>& questions, const Args& args,
+           const fs::path& out) {
+  eval::ModelAnswers answers;
+  for (const auto& row : rows) {
+    if (row.judge_name.empty()) continue;
+    std::string lines;
+    for (const auto& a : row.mt_answers) {
+      answers[row.judge_name][a["question_id"].dump()] = a;
+      lines += a.dump() + "\n";
+    }
+    fs::create_directories(out / "model_answer");
+    write_file_atomic(out / "model_answer" / (row.judge_name + ".jsonl"), lines);
+  }
+  auto teacher = eval::local_judge({args.get("teacher"), args.get("template"), torch::kCPU, torch::kFloat32,
+                                    args.get_int("judge-tokens"), 8});
+  const auto judgments = eval::grade_mt_bench(*teacher, eval::builtin_judge_prompts(), questions, answers);
+  std::string lines;
+  for (const auto& j : judgments) lines += eval::judgment_line(j, "teacher").dump() + "\n";
+  write_file_atomic(out / "judgment.jsonl", lines);
+  const auto summary = eval::summarize(judgments);
+  for (auto& row : rows)
+    if (auto it = summary.cells.find(row.judge_name); it != summary.cells.end()) row.judged = it->second.at("overall");
 }
 
 // An answer as markdown quote lines (answers hold newlines).
@@ -176,6 +217,18 @@ std::string report(const std::vector<DemoRow>& rows, const std::vector<std::stri
   for (const auto& r : rows)
     s << "| " << r.name << " | " << r.ce << " | " << r.perplexity << " | " << r.kl << " | " << r.stats.with_repeat
       << " / " << r.stats.answers << " | " << r.stats.distinct_ratio << " |\n";
+  if (std::any_of(rows.begin(), rows.end(), [](const DemoRow& r) { return !r.judge_name.empty(); })) {
+    s << "\nJudged by the teacher on the bundled questions (data/eval/questions.jsonl, MT-Bench format, not MT-Bench;"
+         " single-answer grading, 1-10). The teacher is a weak judge: a judgment without a parsable rating is counted"
+         " as unparsable, never scored.\n\n| model | judged score | scored | unparsable |\n|---|---|---|---|\n";
+    for (const auto& r : rows) {
+      if (r.judge_name.empty()) continue;
+      s << "| " << r.name << " | ";
+      if (r.judged.mean()) s << std::setprecision(2) << *r.judged.mean() << std::setprecision(3);
+      else s << "-";
+      s << " | " << r.judged.scored << " | " << r.judged.unparsable << " |\n";
+    }
+  }
   s << "\nAnswers: greedy, at most " << answer_tokens << " tokens, to the first " << prompts.size()
     << " held-out prompts (the last two columns count them all; an empty answer counts as distinct-token ratio 0).\n";
   for (int64_t p = 0; p < std::min<int64_t>(shown, static_cast<int64_t>(prompts.size())); ++p) {
@@ -194,7 +247,12 @@ nlohmann::json report_json(const std::vector<DemoRow>& rows, const std::vector<i
   for (const auto& r : rows)
     j["rows"].push_back({{"name", r.name}, {"ce", r.ce}, {"perplexity", r.perplexity}, {"kl", r.kl},
                          {"answers", r.stats.answers}, {"with_repeat", r.stats.with_repeat}, {"empty", r.stats.empty},
-                         {"distinct_ratio", r.stats.distinct_ratio}, {"sample_answers", r.answers}});
+                         {"distinct_ratio", r.stats.distinct_ratio}, {"sample_answers", r.answers},
+                         {"judged", r.judge_name.empty() ? nlohmann::json(nullptr)
+                                                         : nlohmann::json{{"mean", r.judged.mean() ? nlohmann::json(*r.judged.mean())
+                                                                                                   : nlohmann::json(nullptr)},
+                                                                          {"scored", r.judged.scored},
+                                                                          {"unparsable", r.judged.unparsable}}}});
   return j;
 }
 
@@ -218,6 +276,9 @@ int run_demo(const Args& args) {
   if (cache_mode != "on" && cache_mode != "off") usage_fail("--teacher-cache must be on or off, got ", cache_mode);
   if (args.get_int("answers") < 1 || args.get_int("answer-tokens") < 1) usage_fail("--answers and --answer-tokens must be >= 1");
   fs::create_directories(out);
+  // A re-run replaces the earlier run's outputs; judgments of other students must not linger.
+  remove_tree(out / "model_answer");
+  remove_tree(out / "judgment.jsonl");
   std::vector<int64_t> kept;
   const fs::path student = make_student(args, out, &kept);
   clock.lap("pruning");
@@ -237,13 +298,23 @@ int run_demo(const Args& args) {
   std::cerr << "demo: held-out evaluation\n";
   std::vector<DemoRow> rows = {{"teacher", teacher}, {"initial (pruned)", student}, {"SFT", out / "sft" / "model"},
                                {"KD", out / "kd" / "model"}};
+  rows[0].judge_name = "teacher", rows[2].judge_name = "sft", rows[3].judge_name = "kd";
   const fs::path heldout = fs::path(args.get("data")) / "heldout.jsonl";
   for (auto& row : rows) measure(row, kd, heldout);
   clock.lap("evaluation");
   std::cerr << "demo: answers to held-out prompts\n";
   const auto prompts = heldout_prompts(heldout, args.get_int("answers"));
-  for (auto& row : rows) answer(row, prompts, args);
+  std::vector<eval::MtBenchQuestion> questions;
+  if (args.has("questions")) questions = eval::read_mt_bench_questions(args.get("questions"));
+  for (auto& row : rows) answer(row, prompts, questions, args);
   clock.lap("answers");
+  if (!questions.empty()) {
+    std::cerr << "demo: the teacher judges teacher, SFT and KD answers to " << args.get("questions") << "\n";
+    judge(rows, questions, args, out);
+    clock.lap("judging");
+  } else {
+    for (auto& row : rows) row.judge_name.clear();
+  }
   const std::string text = report(rows, prompts, setup_line(args, kept, cache_mode == "on"), clock,
                                   args.get_int("show"), args.get_int("answer-tokens"));
   write_file_atomic(out / "report.md", text);
@@ -280,6 +351,8 @@ Command demo_command() {
       {"answers", "N", "held-out prompts every model answers (degeneracy figures)", "6"},
       {"answer-tokens", "N", "tokens per answer at most (greedy)", "48"},
       {"show", "N", "answers per model printed in the report", "3"},
+      {"questions", "FILE", "MT-Bench-format questions the teacher judges teacher, SFT and KD on (none: no judging)"},
+      {"judge-tokens", "N", "tokens per judgment", "48"},
       {"seed", "N", "random seed", "42"},
       {"threads", "N", "CPU threads (0 = all cores)", "0"},
   };

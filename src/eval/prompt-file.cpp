@@ -73,10 +73,11 @@ std::vector<std::string> answer_items(gen::TextGenerator& generator, const std::
   return decode_texts(generator, std::move(requests), options.batch_size, options.on_progress);
 }
 
-std::vector<std::string> answer_conversations(gen::TextGenerator& generator,
-                                              const std::vector<std::vector<data::Message>>& conversations,
-                                              const std::vector<gen::GenerateOptions>& options, int64_t batch_size,
-                                              const std::function<void(int64_t, int64_t)>& on_progress) {
+std::vector<gen::Completion> complete_conversations(gen::TextGenerator& generator,
+                                                    const std::vector<std::vector<data::Message>>& conversations,
+                                                    const std::vector<gen::GenerateOptions>& options,
+                                                    int64_t batch_size,
+                                                    const std::function<void(int64_t, int64_t)>& on_progress) {
   std::vector<gen::SequenceRequest> requests;
   for (size_t i = 0; i < conversations.size(); ++i) {
     gen::SequenceRequest r;
@@ -85,7 +86,17 @@ std::vector<std::string> answer_conversations(gen::TextGenerator& generator,
     r.options.stop_ids = generator.stop_ids(true);
     requests.push_back(std::move(r));
   }
-  return decode_texts(generator, std::move(requests), batch_size, on_progress);
+  return gen::decode_all(generator.model(), std::move(requests), batch_size, on_progress);
+}
+
+std::vector<std::string> answer_conversations(gen::TextGenerator& generator,
+                                              const std::vector<std::vector<data::Message>>& conversations,
+                                              const std::vector<gen::GenerateOptions>& options, int64_t batch_size,
+                                              const std::function<void(int64_t, int64_t)>& on_progress) {
+  std::vector<std::string> texts;
+  for (const auto& c : complete_conversations(generator, conversations, options, batch_size, on_progress))
+    texts.push_back(gen::decode_text(generator.tokenizer(), c.tokens));
+  return texts;
 }
 
 }  // namespace kdae::eval

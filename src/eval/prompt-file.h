@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "data/chat-template.h"
+#include "generate/batch-decoder.h"
 #include "generate/text-generator.h"
 
 namespace kdae::eval {
@@ -34,7 +35,13 @@ struct BatchAnswerOptions {
 std::vector<std::string> answer_items(gen::TextGenerator& generator, const std::vector<PromptItem>& items,
                                       const BatchAnswerOptions& options);
 
-// Conversations, each with its own sampling options (per-category temperatures, seeds).
+// Conversations, each with its own sampling options (per-category temperatures, seeds): the generated
+// tokens, and (answer_conversations) their text.
+std::vector<gen::Completion> complete_conversations(gen::TextGenerator& generator,
+                                                    const std::vector<std::vector<data::Message>>& conversations,
+                                                    const std::vector<gen::GenerateOptions>& options,
+                                                    int64_t batch_size,
+                                                    const std::function<void(int64_t, int64_t)>& on_progress = {});
 std::vector<std::string> answer_conversations(gen::TextGenerator& generator,
                                               const std::vector<std::vector<data::Message>>& conversations,
                                               const std::vector<gen::GenerateOptions>& options, int64_t batch_size,

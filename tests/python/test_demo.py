@@ -3,6 +3,7 @@ every row and section, its figures parse back equal to report.json, the degenera
 those recomputed from the printed answers, and the KD student ends closer to the teacher than it
 started."""
 import json
+import pathlib
 import re
 import shutil
 
@@ -11,6 +12,9 @@ import pytest
 from train_fixtures import encode, make_world, run
 
 ROWS = ["teacher", "initial (pruned)", "SFT", "KD"]
+
+
+QUESTIONS = pathlib.Path(__file__).resolve().parents[2] / "data/eval/questions.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,8 @@ def report(tmp_path_factory):
     out = root / "out"
     proc = run("demo", "--teacher", world["teacher"], "--data", data, "--out", out, "--template", "chatml",
                "--keep-layers", 1, "--calibration-samples", 4, "--max-steps", 6, "--learning-rate", 1e-3,
-               "--seq-length", 64, "--teacher-cache", "on", "--answers", 5, "--answer-tokens", 12, "--threads", 1)
+               "--seq-length", 64, "--teacher-cache", "on", "--answers", 5, "--answer-tokens", 12, "--threads", 1,
+               "--questions", QUESTIONS, "--judge-tokens", 8)
     md = (out / "report.md").read_text()
     assert proc.stdout == md
     return md, json.loads((out / "report.json").read_text()), out, (world, data)
@@ -89,6 +94,31 @@ def test_three_answers_per_model_are_printed(report):
     assert json.loads((out / "student-init" / "prune.json").read_text())["kept"] == j["student_layers"]
 
 
+def test_judged_scores_follow_from_the_judgments(report):
+    """The teacher judges teacher, SFT and KD on the bundled questions; the report's judged table equals what
+    judgment.jsonl says (unparsable judgments counted, never averaged) and report.json."""
+    md, j, out, _ = report
+    lines = [json.loads(x) for x in (out / "judgment.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 * 16 and {x["model"] for x in lines} == {"teacher", "sft", "kd"}
+    table = {}
+    for line in md.split("| model | judged score |")[1].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table[cells[0]] = cells[1:]
+    assert set(table) == {"teacher", "SFT", "KD"}
+    for name, key in [("teacher", "teacher"), ("SFT", "sft"), ("KD", "kd")]:
+        scores = [x["score"] for x in lines if x["model"] == key]
+        scored = [s for s in scores if s != -1]
+        mean = f"{sum(scored) / len(scored):.2f}" if scored else "-"
+        assert table[name] == [mean, str(len(scored)), str(len(scores) - len(scored))]
+        row = next(r for r in j["rows"] if r["name"] == name)
+        assert row["judged"]["scored"] == len(scored) and row["judged"]["unparsable"] == len(scores) - len(scored)
+        answers = [json.loads(x) for x in (out / "model_answer" / f"{key}.jsonl").read_text().splitlines()]
+        assert len(answers) == 8 and all(len(a["choices"][0]["turns"]) == 2 for a in answers)
+    assert next(r for r in j["rows"] if r["name"] == "initial (pruned)")["judged"] is None
+
+
 def test_a_rerun_into_the_same_out_replaces_the_earlier_run(report):
     """Users re-run the main job: the students, the teacher cache and the report are replaced, not mixed."""
     _, first, out, (world, data) = report
@@ -96,5 +126,7 @@ def test_a_rerun_into_the_same_out_replaces_the_earlier_run(report):
         "--keep-layers", 1, "--calibration-samples", 2, "--max-steps", 2, "--learning-rate", 1e-3,
         "--seq-length", 64, "--teacher-cache", "on", "--answers", 2, "--answer-tokens", 4, "--threads", 1)
     second = json.loads((out / "report.json").read_text())
+    assert not (out / "judgment.jsonl").exists() and not (out / "model_answer").exists()  # no stale judgments
     assert [r["answers"] for r in second["rows"]] == [2] * 4
     assert second["rows"][0]["ce"] == first["rows"][0]["ce"]  # the teacher row depends on nothing trained
+
