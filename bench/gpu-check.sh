@@ -25,4 +25,10 @@ if [ -x "$BUILD/bench/bench_checkpointing" ]; then
   echo "== bench_checkpointing (cuda, bfloat16)"
   KDAE_BUILD="$BUILD" timeout 240 bash bench/run_checkpointing.sh cuda bfloat16 2048 2048 16 || status=1
 fi
+# Serving throughput, kdae serve vs transformers' batched generate, 1/4/16 clients (random 135M-shaped model).
+if [ -x "$BUILD/kdae" ] && "$VENV/bin/python" -c 'import transformers' 2>/dev/null; then
+  echo "== serve_throughput (cuda, bfloat16)"
+  KDAE_BIN="$BUILD/kdae" timeout 240 "$VENV/bin/python" bench/serve_throughput.py --device cuda --dtype bfloat16 \
+    --rounds 3 --tokens 128 || status=1
+fi
 exit $status

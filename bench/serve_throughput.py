@@ -25,15 +25,25 @@ TOPICS = ["the sea", "a city at night", "bread", "mountains", "a library", "rain
 
 
 def model_dir(tmp):
+    """(directory, chat template flag for kdae serve): the demo's teacher, else a random model of its shape over
+    the tests' character vocabulary with ChatML turns (no hub access needed, e.g. on the GPU machine)."""
     if (TEACHER / "config.json").exists():
-        return TEACHER
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                   num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-                                   tie_word_embeddings=True)
+        return TEACHER, "auto"
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests/python"))
+    from train_fixtures import SPECIALS, write_tokenizer
     d = pathlib.Path(tmp) / "m"
+    vocab = write_tokenizer(d)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                                   tie_word_embeddings=True, eos_token_id=SPECIALS.index("<|im_end|>"), pad_token_id=0)
     transformers.LlamaForCausalLM(cfg).save_pretrained(d)
-    transformers.AutoTokenizer.from_pretrained("gpt2").save_pretrained(d)  # needs a cached tokenizer
-    return d
+    return d, "chatml"
+
+
+def chat_text(tok, prompt):
+    if tok.chat_template:
+        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def post(url, body):
@@ -60,8 +70,7 @@ def kdae_round(url, prompts, budgets):
 
 
 def hf_round(model, tok, prompts, budgets, device):
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts]
+    texts = [chat_text(tok, p) for p in prompts]
     batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     start = time.perf_counter()
     with torch.no_grad():
@@ -88,13 +97,15 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        d = model_dir(tmp)
+        d, template = model_dir(tmp)
         dtype = getattr(torch, a.dtype)
         hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=dtype).to(a.device).eval()
         tok = transformers.AutoTokenizer.from_pretrained(d, padding_side="left")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        server = subprocess.Popen([KDAE, "serve", "--model", str(d), "--port", "0", "--max-batch", "16", "--device",
+        if tok.eos_token is None:
+            tok.eos_token = "<|im_end|>"
+        server = subprocess.Popen([KDAE, "serve", "--model", str(d), "--port", "0", "--max-batch", "16", "--template", template, "--device",
                                    a.device, "--dtype", a.dtype, "--threads", str(a.threads)],
                                   stderr=subprocess.PIPE, text=True)
         url = re.search(r"listening on (http://[\d.:]+)", server.stderr.readline()).group(1)

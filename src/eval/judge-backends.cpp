@@ -1,6 +1,8 @@
 #include "eval/judge-backends.h"
 
+#ifdef KDAE_HAS_HTTPLIB
 #include <httplib.h>
+#endif
 #include <nlohmann/json.hpp>
 
 #include <atomic>
@@ -33,6 +35,7 @@ class LocalJudge : public JudgeBackend {
   gen::TextGenerator generator_;
 };
 
+#ifdef KDAE_HAS_HTTPLIB
 // "http://host:port/v1" -> ("http://host:port", "/v1").
 std::pair<std::string, std::string> split_url(const std::string& url) {
   const size_t scheme = url.find("://");
@@ -110,6 +113,7 @@ class EndpointJudge : public JudgeBackend {
   EndpointJudgeOptions options_;
   std::string host_, prefix_;
 };
+#endif  // KDAE_HAS_HTTPLIB
 
 }  // namespace
 
@@ -118,7 +122,11 @@ std::unique_ptr<JudgeBackend> local_judge(const LocalJudgeOptions& options) {
 }
 
 std::unique_ptr<JudgeBackend> endpoint_judge(const EndpointJudgeOptions& options) {
+#ifdef KDAE_HAS_HTTPLIB
   return std::make_unique<EndpointJudge>(options);
+#else
+  fail("this kdae was built without cpp-httplib, so it has no endpoint judge: install libcpp-httplib-dev and rebuild");
+#endif
 }
 
 }  // namespace kdae::eval

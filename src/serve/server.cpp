@@ -1,5 +1,12 @@
 #include "serve/server.h"
 
+#include "common/error.h"
+
+#ifndef KDAE_HAS_HTTPLIB
+namespace kdae::serve {
+int serve(const ServeOptions&) { fail("this kdae was built without cpp-httplib: install libcpp-httplib-dev and rebuild"); }
+}  // namespace kdae::serve
+#else
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
@@ -8,7 +15,6 @@
 #include <iostream>
 #include <random>
 
-#include "common/error.h"
 #include "generate/text-generator.h"
 #include "serve/openai-api.h"
 #include "serve/scheduler.h"
@@ -384,3 +390,4 @@ int serve(const ServeOptions& options) {
 }
 
 }  // namespace kdae::serve
+#endif  // KDAE_HAS_HTTPLIB
