@@ -95,9 +95,7 @@ void answer_jsonl(AnswerRun& run, const std::vector<eval::PromptItem>& items) {
       {run.options, run.batch_size, [&](int64_t done, int64_t tokens) { run.progress.advance(done, tokens); }});
   std::vector<json> lines;
   for (size_t i = 0; i < items.size(); ++i) {
-    json line = items[i].source;
-    line["response"] = answers[i];
-    lines.push_back(line);
+    lines.push_back(eval::answered_line(items[i], answers[i]));
   }
   write_lines(run.out, lines);
 }

@@ -28,9 +28,7 @@ int run_batch(const Args& args, gen::TextGenerator& generator, const gen::Genera
   progress.finish();
   std::string out_text;
   for (size_t i = 0; i < items.size(); ++i) {
-    nlohmann::json line = items[i].source;
-    line["response"] = answers[i];
-    out_text += line.dump() + "\n";
+    out_text += eval::answered_line(items[i], answers[i]).dump() + "\n";
   }
   write_file_atomic(args.get("output"), out_text);
   return 0;

@@ -347,6 +347,11 @@ const std::vector<Key>& key_table() {
     }
     t.push_back(not_for_resume(int_key(lo, "kd_chunk_tokens", &D::kd_chunk_tokens, "Tokens per chunk of the vocabulary-sized KD computation; 0 = automatic.")));
     t.push_back(not_for_resume(bool_key(lo, "fused_lm_head", &D::fused_lm_head, "Run the student's and teachers' LM heads inside the chunked loss, so no (batch, seq, vocab) logits exist; false = materialise them.")));
+    const std::string on = "On-policy distillation (GKD)";
+    t.push_back(float_key(on, "on_policy_fraction", &D::on_policy_fraction, "Share of micro-batches whose answers the student generates itself (GKD's lambda); the teachers score those tokens and the divergence is taken on them (no CE). 0 = off-policy KD only. Needs the live teacher."));
+    t.push_back(float_key(on, "generation_temperature", &D::generation_temperature, "Sampling temperature of on-policy answers; 0 = greedy."));
+    t.push_back(float_key(on, "generation_top_p", &D::generation_top_p, "Nucleus mass of on-policy sampling."));
+    t.push_back(int_key(on, "max_new_tokens", &D::max_new_tokens, "Most tokens per on-policy answer (also capped by seq_length)."));
 
     const std::string moe = "MoE students";
     t.push_back(float_key(moe, "router_aux_loss_coef", &D::router_aux_loss_coef, "Weight of Mixtral's load-balancing loss; < 0 = the student config's router_aux_loss_coef (0 for dense students)."));

@@ -8,7 +8,15 @@
 namespace kdae::eval {
 namespace {
 
-// One input line: {"prompt": "..."} or {"messages": [{"role": ..., "content": ...}, ...]}.
+// Fields a training file reads beside the conversation: kept, so an answered file trains as it is.
+void carry_training_fields(const nlohmann::json& from, nlohmann::json& to) {
+  for (const char* key : {"domain", "is_domain", "weight"})
+    if (from.contains(key)) to[key] = from[key];
+}
+
+// One input line: {"prompt": "..."} or {"messages": [{"role": ..., "content": ...}, ...]}. A conversation
+// that ends with an assistant turn is answered anew from the turn before it (a training file re-answered
+// by a teacher is sequence-level KD's data).
 PromptItem parse_item(const std::string& line, const std::string& where, bool chat) {
   nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) fail(where, ": not a JSON object");
@@ -16,13 +24,20 @@ PromptItem parse_item(const std::string& line, const std::string& where, bool ch
   item.where = where;
   if (j.contains("messages")) {
     if (!j["messages"].is_array() || j["messages"].empty()) fail(where, ": \"messages\" must be a non-empty array");
+    nlohmann::json kept = nlohmann::json::array();
     for (const auto& m : j["messages"]) {
       if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
           !m["content"].is_string())
         fail(where, ": each message needs string \"role\" and \"content\"");
       item.messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+      kept.push_back(m);
     }
-    item.source = {{"messages", j["messages"]}};
+    if (item.messages.back().role == "assistant") {
+      item.messages.pop_back();
+      kept.erase(kept.end() - 1);
+    }
+    if (item.messages.empty()) fail(where, ": the conversation has no turn before its assistant answer");
+    item.source = {{"messages", kept}};
   } else if (j.contains("prompt") && j["prompt"].is_string()) {
     item.prompt = j["prompt"].get<std::string>();
     if (chat) item.messages = {{"user", item.prompt}};
@@ -30,6 +45,7 @@ PromptItem parse_item(const std::string& line, const std::string& where, bool ch
   } else {
     fail(where, ": expected a string \"prompt\" or a \"messages\" array");
   }
+  carry_training_fields(j, item.source);
   return item;
 }
 
@@ -54,6 +70,15 @@ std::vector<PromptItem> read_prompt_file(const std::string& path, bool chat) {
   }
   if (items.empty()) fail(path, ": no prompts");
   return items;
+}
+
+nlohmann::json answered_line(const PromptItem& item, const std::string& answer) {
+  nlohmann::json line = item.source;
+  if (line.contains("messages"))
+    line["messages"].push_back({{"role", "assistant"}, {"content", answer}});
+  else
+    line["response"] = answer;
+  return line;
 }
 
 std::vector<std::string> answer_items(gen::TextGenerator& generator, const std::vector<PromptItem>& items,

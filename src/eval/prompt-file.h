@@ -14,14 +14,19 @@
 namespace kdae::eval {
 
 struct PromptItem {
-  nlohmann::json source;                // the input line, echoed into the output
+  nlohmann::json source;                // the input's prompt or conversation and training fields
   std::vector<data::Message> messages;  // chat turns; empty = plain prompt
   std::string prompt;
   std::string where;  // file:line
 };
 
-// chat: a plain {"prompt"} becomes one user turn.
+// chat: a plain {"prompt"} becomes one user turn. A conversation ending with an assistant turn is
+// answered anew (that turn is dropped).
 std::vector<PromptItem> read_prompt_file(const std::string& path, bool chat);
+
+// The output line of an answered item, in a form kdae distill reads: {"prompt", "response"}, or the
+// conversation with the answer as its last assistant turn; domain, is_domain and weight carried over.
+nlohmann::json answered_line(const PromptItem& item, const std::string& answer);
 
 // What generate() needs to answer many prompts at once.
 struct BatchAnswerOptions {

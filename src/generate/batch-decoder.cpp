@@ -160,7 +160,7 @@ void BatchDecoder::advance(const torch::Tensor& logits, size_t first_row, std::v
   for (size_t i = first_row; i < rows_.size(); ++i) {
     Row& row = rows_[i];
     const GenerateOptions& o = row.request.options;
-    SequenceEvent event{row.id, std::nullopt, {}, FinishReason::none};
+    SequenceEvent event{row.id, std::nullopt, {}, FinishReason::none, -1};
     if (row.produced >= o.max_new_tokens) {
       event.finished = FinishReason::length;
     } else {
@@ -168,6 +168,7 @@ void BatchDecoder::advance(const torch::Tensor& logits, size_t first_row, std::v
       const int64_t next = pick_token(row_logits, o.temperature, o.top_p, row.generator);
       if (is_stop(o, next)) {
         event.finished = FinishReason::stop;
+        event.stop_token = next;
       } else {
         event.token = row.request.logprobs
                           ? logprob_of(torch::log_softmax(row_logits, -1), next, row.request.top_logprobs)
@@ -242,6 +243,7 @@ std::vector<Completion> decode_all(model::Transformer model, std::vector<Sequenc
       }
       if (e.finished != FinishReason::none) {
         c.finish = e.finished;
+        c.stop_token = e.stop_token;
         ++done;
       }
     }

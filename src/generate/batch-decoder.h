@@ -39,6 +39,7 @@ struct SequenceEvent {
   std::optional<TokenLogprob> token;      // the new token; absent when it finished on a stop id
   std::vector<TokenLogprob> prompt;       // on the sequence's first event, when prompt_logprobs
   FinishReason finished = FinishReason::none;
+  int64_t stop_token = -1;                // the stop id it finished on (FinishReason::stop)
 };
 
 class BatchDecoder {
@@ -88,6 +89,7 @@ class BatchDecoder {
 struct Completion {
   std::vector<int64_t> tokens;  // without the stop token
   FinishReason finish = FinishReason::none;
+  int64_t stop_token = -1;      // which stop id ended it (FinishReason::stop)
 };
 
 // Every request through one decoder, batch_size rows at a time; results in request order.

@@ -27,6 +27,14 @@ std::optional<int64_t> end_of_turn_id(const data::ChatTemplate& chat, const tok:
 
 }  // namespace
 
+std::vector<int64_t> reply_stop_ids(const tok::Tokenizer& tokenizer, const data::ChatTemplate* chat) {
+  std::vector<int64_t> ids;
+  if (tokenizer.special().eos) ids.push_back(*tokenizer.special().eos);
+  const auto end_of_turn = chat ? end_of_turn_id(*chat, tokenizer) : std::nullopt;
+  if (end_of_turn && (ids.empty() || ids[0] != *end_of_turn)) ids.push_back(*end_of_turn);
+  return ids;
+}
+
 data::ChatTemplate resolve_chat_template(const tok::Tokenizer& tokenizer, const std::string& name) {
   auto chat = data::chat_template_for(tokenizer, name);
   if (!chat) fail("the tokenizer's chat_template matches no built-in template; pass --template NAME");
@@ -59,7 +67,6 @@ TextGenerator::TextGenerator(const std::string& model_dir, const std::string& te
   model_->eval();
   if (template_optional) chat_ = data::chat_template_for(*tokenizer_, template_name);
   else if (!template_name.empty()) chat_ = resolve_chat_template(*tokenizer_, template_name);
-  if (chat_) end_of_turn_ = end_of_turn_id(*chat_, *tokenizer_);
 }
 
 std::string TextGenerator::render(const std::vector<data::Message>& messages) const {
@@ -83,11 +90,8 @@ std::vector<int64_t> TextGenerator::text_ids(const std::string& text) const {
 }
 
 std::vector<int64_t> TextGenerator::stop_ids(bool conversation) const {
-  std::vector<int64_t> ids;
-  if (tokenizer_->special().eos) ids.push_back(*tokenizer_->special().eos);
   // An end-of-turn token means nothing outside a chat.
-  if (conversation && end_of_turn_ && (ids.empty() || ids[0] != *end_of_turn_)) ids.push_back(*end_of_turn_);
-  return ids;
+  return reply_stop_ids(*tokenizer_, conversation && chat_ ? &*chat_ : nullptr);
 }
 
 std::string TextGenerator::continue_text(const std::string& text, GenerateOptions options, std::ostream* stream) {

@@ -19,6 +19,9 @@ namespace kdae::gen {
 // naming the fix when detection fails.
 data::ChatTemplate resolve_chat_template(const tok::Tokenizer& tokenizer, const std::string& name);
 
+// Where an assistant reply ends: EOS, plus the template's end-of-turn token when there is a template.
+std::vector<int64_t> reply_stop_ids(const tok::Tokenizer& tokenizer, const data::ChatTemplate* chat);
+
 // Decodes a growing token list and hands out only the new text: decoding the whole list each time
 // keeps characters that span several tokens whole (a partial UTF-8 sequence is held back).
 // The text of generated tokens (special tokens skipped).
@@ -71,7 +74,6 @@ class TextGenerator {
   std::unique_ptr<tok::Tokenizer> tokenizer_;
   model::Transformer model_{nullptr};
   std::optional<data::ChatTemplate> chat_;
-  std::optional<int64_t> end_of_turn_;
   DecodeState state_;
   std::vector<int64_t> last_ids_;
 };

@@ -106,7 +106,7 @@ void Scheduler::deliver(const std::vector<gen::SequenceEvent>& events) {
 // A failed forward leaves the batch cache in an unknown state: every running request fails and the
 // decoder starts over, so the server keeps serving.
 void Scheduler::fail_all() {
-  for (auto& [id, owner] : owners_) owner.queue->push({owner.choice, {id, std::nullopt, {}, gen::FinishReason::cancelled}, true});
+  for (auto& [id, owner] : owners_) owner.queue->push({owner.choice, {id, std::nullopt, {}, gen::FinishReason::cancelled, -1}, true});
   owners_.clear();
   decoder_.reset();
 }

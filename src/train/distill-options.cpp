@@ -24,6 +24,9 @@ void check_cache_setting(const DistillOptions& o) {
     fail("config: attention and hidden-state KD need the live teacher; set attn_weight: 0 and hidden_weight: 0 "
          "to train from a teacher cache");
   if (o.label_alignment != "shifted") fail("config: a teacher cache stores the shifted positions; use label_alignment: shifted");
+  if (o.on_policy_fraction > 0)
+    fail("config: on_policy_fraction > 0 needs the live teacher (a teacher cache cannot score the student's new "
+         "tokens); set on_policy_fraction: 0 or train with the teacher model");
   if (!o.eval_data_path.empty())
     fail("config: evaluation during a teacher-cache run is not supported (it needs the live teacher); "
          "leave eval_data_path empty and run kdae eval --teacher DIR afterwards");
@@ -75,6 +78,13 @@ void validate_distill_options(DistillOptions& o, RunKind kind, OptionsUse use) {
   for (int64_t layer : o.layer_map) check(layer >= 0, "layer_map", "a list of layer indices >= 0", double(layer));
   check(o.kd_chunk_tokens >= 0, "kd_chunk_tokens", ">= 0 (0 = automatic)", double(o.kd_chunk_tokens));
   one_of("truncation", o.truncation, {"truncate", "drop"});
+  check(o.on_policy_fraction >= 0 && o.on_policy_fraction <= 1, "on_policy_fraction", "in [0, 1]", o.on_policy_fraction);
+  check(o.generation_temperature >= 0, "generation_temperature", ">= 0 (0 = greedy)", o.generation_temperature);
+  check(o.generation_top_p > 0 && o.generation_top_p <= 1, "generation_top_p", "in (0, 1]", o.generation_top_p);
+  check(o.max_new_tokens >= 1, "max_new_tokens", ">= 1", double(o.max_new_tokens));
+  if (o.on_policy_fraction > 0 && o.lambda_param == 0)
+    fail("config: on_policy_fraction > 0 needs the KD term (lambda_param > 0): on-policy micro-batches have no "
+         "reference answer to take CE on");
   check(o.min_supervised_tokens >= 0, "min_supervised_tokens", ">= 0", double(o.min_supervised_tokens));
 
   check(o.loss_scale_init > 0, "loss_scale_init", "> 0", o.loss_scale_init);

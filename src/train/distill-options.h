@@ -73,6 +73,12 @@ struct DistillOptions {
   int64_t kd_chunk_tokens = 0;      // 0 = automatic
   bool fused_lm_head = true;        // LM heads inside the chunked loss (distill/head-loss.h)
 
+  // On-policy distillation (GKD; train/on-policy.h).
+  double on_policy_fraction = 0.0;     // share of micro-batches answered by the student itself
+  double generation_temperature = 1.0; // its sampling temperature (0 = greedy)
+  double generation_top_p = 1.0;
+  int64_t max_new_tokens = 128;        // per on-policy answer (also capped by seq_length)
+
   // MoE students.
   double router_aux_loss_coef = -1;  // load-balancing loss weight; < 0 = the student config's router_aux_loss_coef
   double router_z_loss_coef = 0.0;

@@ -35,6 +35,7 @@ MetricsLog::MetricsLog(const fs::path& output_dir, bool tensorboard, std::option
   fs::create_directories(output_dir, ec);
   if (ec) fail(output_dir.string(), ": cannot create the output directory: ", ec.message());
   if (resume_step && fs::exists(jsonl_path_)) truncate_after(jsonl_path_, *resume_step);
+  if (resume_step && fs::exists(completions_path())) truncate_after(completions_path(), *resume_step);
   jsonl_.open(jsonl_path_, std::ios::app);
   if (!jsonl_) fail(jsonl_path_.string(), ": cannot open for appending: ", std::strerror(errno));
   if (tensorboard) tensorboard_ = std::make_unique<TensorBoardWriter>(output_dir / "runs");
@@ -65,6 +66,15 @@ void MetricsLog::log(int64_t step, double epoch, const Scalars& scalars) {
   if (!jsonl_) fail(jsonl_path_.string(), ": write failed");
 }
 
+void MetricsLog::log_completion(const std::string& json_line) {
+  if (!completions_.is_open()) {
+    completions_.open(completions_path(), std::ios::app);
+    if (!completions_) fail(completions_path().string(), ": cannot open for appending: ", std::strerror(errno));
+  }
+  completions_ << json_line << "\n" << std::flush;
+  if (!completions_) fail(completions_path().string(), ": write failed");
+}
+
 void MetricsLog::flush() {
   jsonl_.flush();
   if (tensorboard_) tensorboard_->flush();
@@ -72,6 +82,7 @@ void MetricsLog::flush() {
 
 void MetricsLog::close() {
   if (jsonl_.is_open()) jsonl_.close();
+  if (completions_.is_open()) completions_.close();
   if (tensorboard_) tensorboard_->close();
 }
 

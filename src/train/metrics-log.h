@@ -1,6 +1,7 @@
 // The one metrics sink of a training run: every logged step becomes one line of
 // <output_dir>/metrics.jsonl ({"step": 10, "epoch": 0.25, "train/loss": 2.31, ...}) and one scalar
-// per name in the TensorBoard event file under <output_dir>/runs.
+// per name in the TensorBoard event file under <output_dir>/runs. Generated samples (on-policy
+// answers) go to <output_dir>/completions.jsonl, one JSON object with a "step" per line.
 //
 // The sink reduces nothing. The caller logs figures that are already global: summed over gradient
 // accumulation micro-batches and ranks and divided by the global supervised-token count (or whatever
@@ -33,14 +34,16 @@ class MetricsLog {
 
   // Non-finite values are written as JSON null (JSON has no NaN) and as NaN/inf to TensorBoard.
   void log(int64_t step, double epoch, const Scalars& scalars);
+  void log_completion(const std::string& json_line);  // created on first use
   void flush();
   void close();
 
   std::filesystem::path jsonl_path() const { return jsonl_path_; }
+  std::filesystem::path completions_path() const { return jsonl_path_.parent_path() / "completions.jsonl"; }
 
  private:
   std::filesystem::path jsonl_path_;
-  std::ofstream jsonl_;
+  std::ofstream jsonl_, completions_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
 };
 

@@ -12,6 +12,7 @@
 #include "common/threads.h"
 #include "data/dataset.h"
 #include "distill/router-loss.h"
+#include "generate/text-generator.h"
 #include "io/hf-model.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
@@ -20,6 +21,7 @@
 #include "train/evaluate.h"
 #include "train/loss-scaler.h"
 #include "train/lr-schedule.h"
+#include "train/on-policy.h"
 #include "train/optimizer.h"
 #include "train/student.h"
 #include "train/teacher-cache.h"
@@ -92,6 +94,7 @@ void prepare_output_dir(const DistillOptions& o, bool resuming) {
       if (name.rfind("checkpoint-", 0) == 0 || name == "runs") remove_tree(entry.path());
     }
     fs::remove(out / "metrics.jsonl");
+    fs::remove(out / "completions.jsonl");
   }
   fs::create_directories(out);
 }
@@ -108,6 +111,7 @@ struct Run {
   StepSetup setup;
   NamedTensors trainable;  // student parameters + KD-module parameters, by name
   LossScaler scaler;       // float16 only
+  OnPolicyOptions on_policy;
 
   explicit Run(const DistillOptions& options, RunKind k) : o(options), kind(k), device(parse_device(options.device)) {}
 };
@@ -185,6 +189,23 @@ void build_setup(Run& r, const std::vector<int>& teacher_of_domain) {
     for (const auto& item : s.hidden->named_parameters()) r.trainable.emplace_back("kd_hidden." + item.key(), item.value());
 }
 
+OnPolicyOptions on_policy_options(const DistillOptions& o, const tok::Tokenizer& tokenizer, const DataStreamOptions& stream) {
+  OnPolicyOptions p;
+  p.fraction = o.on_policy_fraction;
+  p.temperature = o.generation_temperature;
+  p.top_p = o.generation_top_p;
+  p.max_new_tokens = o.max_new_tokens;
+  if (p.fraction > 0) {
+    const auto chat = data::chat_template_for(tokenizer, o.chat_template);
+    p.stop_ids = gen::reply_stop_ids(tokenizer, chat ? &*chat : nullptr);
+  }
+  p.seq_length = o.seq_length;
+  p.packing = o.packing;
+  p.pad_id = stream.pad_id;
+  p.seed = static_cast<uint64_t>(o.random_seed);
+  return p;
+}
+
 // Sums of one logging window, token-weighted like the loss itself.
 struct Window {
   double loss = 0, ce = 0, kd = 0, attn = 0, hidden = 0, router = 0;
@@ -192,6 +213,10 @@ struct Window {
   std::map<int, std::pair<double, int64_t>> per_teacher;  // kd sum, tokens
   double seconds = 0;
   Scalars router_stats;  // MoE load figures of the window's last micro-batch
+  // On-policy distillation: micro-batch counts, the divergence split by policy, generation figures.
+  int64_t micro = 0, on_micro = 0, rollouts = 0, stopped = 0, generated = 0;
+  double kd_on = 0, kd_off = 0, generation_seconds = 0;
+  int64_t kd_on_tokens = 0, kd_off_tokens = 0;
 };
 
 // The window's sums for a checkpoint (the MoE figures of its last micro-batch are not kept: the next
@@ -201,7 +226,9 @@ nlohmann::json window_to_json(const Window& w) {
   for (const auto& [teacher, sum] : w.per_teacher) per_teacher.push_back({teacher, sum.first, sum.second});
   return {{"loss", w.loss}, {"ce", w.ce}, {"kd", w.kd}, {"attn", w.attn}, {"hidden", w.hidden},
           {"router", w.router}, {"ce_tokens", w.ce_tokens}, {"kd_tokens", w.kd_tokens}, {"steps", w.steps},
-          {"tokens", w.tokens}, {"seconds", w.seconds}, {"per_teacher", per_teacher}};
+          {"tokens", w.tokens}, {"seconds", w.seconds}, {"per_teacher", per_teacher},
+          {"on_policy", {w.micro, w.on_micro, w.rollouts, w.stopped, w.generated, w.kd_on, w.kd_off,
+                         w.generation_seconds, w.kd_on_tokens, w.kd_off_tokens}}};
 }
 
 Window window_from_json(const nlohmann::json& j) {
@@ -211,6 +238,12 @@ Window window_from_json(const nlohmann::json& j) {
   w.router = j.at("router"), w.ce_tokens = j.at("ce_tokens"), w.kd_tokens = j.at("kd_tokens");
   w.steps = j.at("steps"), w.tokens = j.at("tokens"), w.seconds = j.at("seconds");
   for (const auto& e : j.at("per_teacher")) w.per_teacher[e.at(0).get<int>()] = {e.at(1).get<double>(), e.at(2).get<int64_t>()};
+  if (const auto it = j.find("on_policy"); it != j.end()) {
+    const auto& a = *it;
+    w.micro = a.at(0), w.on_micro = a.at(1), w.rollouts = a.at(2), w.stopped = a.at(3), w.generated = a.at(4);
+    w.kd_on = a.at(5), w.kd_off = a.at(6), w.generation_seconds = a.at(7), w.kd_on_tokens = a.at(8);
+    w.kd_off_tokens = a.at(9);
+  }
   return w;
 }
 
@@ -233,17 +266,34 @@ Scalars router_figures(const StepResult& res, int64_t top_k) {
 struct StepBatches {
   std::vector<MicroBatch> micro;
   std::vector<int64_t> micro_ce, micro_kd;  // per micro-batch: CE tokens, KD tokens (or sequences)
+  std::vector<bool> on_policy;              // per micro-batch: the student's own answers (no CE)
+  std::vector<std::pair<int64_t, std::vector<Rollout>>> rollouts;  // (micro-batch, its generations)
   int64_t ce_tokens = 0, kd_tokens = 0, tokens = 0;
+  int64_t generated = 0;
+  double generation_seconds = 0;
 };
 
-StepBatches next_step_batches(DataStream& stream, const Run& r) {
+// The stream's next micro-batch, answered by the student when the draw makes it on-policy.
+MicroBatch next_micro_batch(DataStream& stream, Run& r, int64_t step, int64_t micro, StepBatches& s) {
+  MicroBatch mb = stream.next();
+  const bool on = is_on_policy(r.on_policy, step, micro);
+  s.on_policy.push_back(on);
+  if (!on) return mb;
+  OnPolicyBatch generated = on_policy_batch(r.student, r.train, mb, r.on_policy, step, micro);
+  s.generated += generated.generated_tokens;
+  s.generation_seconds += generated.seconds;
+  s.rollouts.emplace_back(micro, std::move(generated.rollouts));
+  return std::move(generated.micro);
+}
+
+StepBatches next_step_batches(DataStream& stream, Run& r, int64_t step) {
   StepBatches s;
   const auto alignment = r.setup.objective.alignment;
   const bool by_sequence = r.setup.objective.divergence.normalization == distill::Normalization::SequenceMean;
   for (int64_t i = 0; i < r.o.gradient_accumulation_steps; ++i) {
-    MicroBatch mb = stream.next();
+    MicroBatch mb = next_micro_batch(stream, r, step, i, s);
     auto mask = distill::supervised_mask(mb.batch.labels, mb.batch.token_mask, alignment);  // (B, T)
-    s.micro_ce.push_back(mb.batch.labels.ne(-100).sum().item<int64_t>());
+    s.micro_ce.push_back(s.on_policy.back() ? 0 : mb.batch.labels.ne(-100).sum().item<int64_t>());
     s.micro_kd.push_back(by_sequence ? mask.any(1).sum().item<int64_t>() : mask.sum().item<int64_t>());
     s.ce_tokens += s.micro_ce.back();
     s.kd_tokens += s.micro_kd.back();
@@ -263,6 +313,7 @@ void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
     const auto& mb = batches.micro[i];
     // This micro-batch's share of the step's token means, known before its forward: the fused head
     // computes the gradient of the weighted total in forward.
+    // On-policy micro-batches have no CE (micro_ce = 0): the student's own tokens are no targets.
     objective.ce_share = batches.ce_tokens > 0 ? static_cast<double>(batches.micro_ce[i]) / batches.ce_tokens : 0.0;
     objective.kd_share = batches.kd_tokens > 0 ? static_cast<double>(batches.micro_kd[i]) / batches.kd_tokens : 0.0;
     StepResult res = compute_step(r.setup, mb);
@@ -272,12 +323,20 @@ void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
     if (res.router_loss.defined()) loss = loss + res.router_loss / static_cast<double>(batches.micro.size());
     if (loss.requires_grad()) r.scaler.scale(loss).backward();
     w.loss += to_double(loss);
-    w.ce += to_double(t.ce) * t.ce_tokens;
-    w.kd += to_double(t.pred_layer_loss) * t.supervised_tokens;
+    const bool on = batches.on_policy[i];
+    if (!on) {
+      w.ce += to_double(t.ce) * t.ce_tokens;
+      w.ce_tokens += t.ce_tokens;
+    }
+    const double kd_sum = to_double(t.pred_layer_loss) * t.supervised_tokens;
+    w.kd += kd_sum;
+    (on ? w.kd_on : w.kd_off) += kd_sum;
+    (on ? w.kd_on_tokens : w.kd_off_tokens) += t.supervised_tokens;
+    ++w.micro;
+    w.on_micro += on ? 1 : 0;
     w.attn += to_double(t.attention_loss) * t.supervised_tokens;
     w.hidden += to_double(t.hidden_loss) * t.supervised_tokens;
     w.router += to_double(res.router_loss) / static_cast<double>(batches.micro.size());
-    w.ce_tokens += t.ce_tokens;
     w.kd_tokens += t.supervised_tokens;
     for (size_t p = 0; p < t.per_teacher.size(); ++p) {
       auto& slot = w.per_teacher[res.part_teacher[p]];
@@ -287,6 +346,44 @@ void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
     if (!res.router_logits.empty()) w.router_stats = router_figures(res, r.student->config().experts_per_token);
   }
   w.tokens += batches.tokens;
+  w.generated += batches.generated;
+  w.generation_seconds += batches.generation_seconds;
+  for (const auto& [micro, rollouts] : batches.rollouts) {
+    w.rollouts += static_cast<int64_t>(rollouts.size());
+    for (const auto& g : rollouts) w.stopped += g.stopped ? 1 : 0;
+  }
+}
+
+// GKD's figures: how much was on-policy, how the student's answers end, how fast it wrote them, and
+// the divergence on its own tokens against the dataset's.
+void add_on_policy_scalars(const Window& w, Scalars& s) {
+  auto mean = [](double sum, int64_t n) { return n > 0 ? sum / static_cast<double>(n) : 0.0; };
+  s.emplace_back("train/on_policy_share", mean(static_cast<double>(w.on_micro), w.micro));
+  if (w.kd_on_tokens > 0) s.emplace_back("train/on_policy/kd_loss", mean(w.kd_on, w.kd_on_tokens));
+  if (w.kd_off_tokens > 0) s.emplace_back("train/off_policy/kd_loss", mean(w.kd_off, w.kd_off_tokens));
+  if (w.rollouts == 0) return;
+  s.emplace_back("train/on_policy/generated_length", mean(static_cast<double>(w.generated), w.rollouts));
+  s.emplace_back("train/on_policy/eos_rate", mean(static_cast<double>(w.stopped), w.rollouts));
+  s.emplace_back("train/on_policy/generation_tokens_per_second", w.generation_seconds > 0 ? w.generated / w.generation_seconds : 0.0);
+  s.emplace_back("train/on_policy/generation_time_share", w.seconds > 0 ? w.generation_seconds / w.seconds : 0.0);
+}
+
+// One line per on-policy answer of a logged step, for reading what the student writes.
+void log_completions(MetricsLog& log, const tok::Tokenizer& tokenizer, const StepBatches& batches, int64_t step) {
+  for (const auto& [micro, rollouts] : batches.rollouts)
+    for (const auto& g : rollouts) {
+      nlohmann::ordered_json line;
+      line["step"] = step;
+      line["micro_batch"] = micro;
+      line["sample"] = g.sample;
+      line["seed"] = g.seed;
+      line["prompt"] = gen::decode_text(tokenizer, g.prompt);
+      line["completion"] = gen::decode_text(tokenizer, g.completion);
+      line["stopped"] = g.stopped;
+      line["prompt_ids"] = g.prompt;
+      line["completion_ids"] = g.completion;
+      log.log_completion(line.dump());
+    }
 }
 
 Scalars window_scalars(const Run& r, const Window& w, double lr, double grad_norm) {
@@ -309,6 +406,7 @@ Scalars window_scalars(const Run& r, const Window& w, double lr, double grad_nor
   if (r.kind == RunKind::align)
     for (const auto& [teacher, sum] : w.per_teacher)
       s.emplace_back("train/" + r.teachers->at(teacher).name + "/kd_loss", mean(sum.first, sum.second));
+  if (r.o.on_policy_fraction > 0) add_on_policy_scalars(w, s);
   s.insert(s.end(), w.router_stats.begin(), w.router_stats.end());
   return s;
 }
@@ -393,6 +491,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     stream_opts.domain_fraction = o.domain_fraction;
   }
   DataStream stream(r.train, usable, stream_opts);
+  r.on_policy = on_policy_options(o, *r.tokenizer, stream_opts);
 
   const int64_t steps_per_epoch =
       std::max<int64_t>(1, (stream.micro_batches_per_epoch() + o.gradient_accumulation_steps - 1) / o.gradient_accumulation_steps);
@@ -446,6 +545,11 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     std::cerr << "domain share of supervised tokens: " << stream.realised_domain_fraction() << " (asked "
               << o.domain_fraction << ")\n";
 
+  if (r.on_policy.fraction > 0)
+    std::cerr << "on-policy: " << r.on_policy.fraction << " of micro-batches answered by the student (temperature "
+              << r.on_policy.temperature << ", top_p " << r.on_policy.top_p << ", up to " << r.on_policy.max_new_tokens
+              << " new tokens); answers of logged steps in " << (fs::path(o.output_dir) / "completions.jsonl").string() << "\n";
+
   MetricsLog log(o.output_dir, true, resume_step);
   Progress bar({.label = kind == RunKind::align ? "align" : "distill", .total = total_steps, .rate_unit = "tok"});
   bar.set_step(step);
@@ -472,7 +576,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
   };
   while (step < total_steps) {
     const auto started = std::chrono::steady_clock::now();
-    StepBatches batches = next_step_batches(stream, r);
+    StepBatches batches = next_step_batches(stream, r, step);
     accumulate(r, batches, step, window);
     const bool apply = r.scaler.unscale_and_update(params);
     torch::Tensor grad_norm = apply ? clip_grad_norm(params, o.max_grad_norm) : torch::zeros({});
@@ -486,6 +590,7 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     if (step % o.logging_steps == 0 || step == total_steps) {
       Scalars scalars = window_scalars(r, window, lr, grad_norm.item<double>());
       log.log(step, stream.epoch_progress(), scalars);
+      log_completions(log, *r.tokenizer, batches, step);
       nlohmann::json entry = {{"step", step}};
       for (const auto& [k, v] : scalars) entry[k] = v;
       tail.push_back(entry);

@@ -136,17 +136,34 @@ def test_concurrent_clients_share_a_batch(client, server):
     assert after["largest_batch"] > 1 and after["sequences"] - before["sequences"] == len(PROMPTS)
 
 
-def test_disconnect_stops_decoding(client, server):
-    before = server.health()["cancelled"]
-    stream = ask(client, PROMPTS[7], 200, stream=True)
+@pytest.fixture(scope="module")
+def long_server(tmp_path_factory):
+    """A long context, so that a full answer takes seconds: the client closes long before it could finish, however
+    loaded the machine (with 200 tokens, a slow client once read its first chunk after the server had sent them all)."""
+    d = tmp_path_factory.mktemp("serve-long") / "m"
+    make_model(d, seed=5, hidden=48, layers=2, heads=4, kv_heads=2, sharpen=4.0, context=LONG_CONTEXT)
+    s = Server(d)
+    yield s
+    s.stop()
+
+
+LONG_CONTEXT = 8192
+
+
+def test_disconnect_stops_decoding(long_server):
+    client = openai.OpenAI(base_url=long_server.url + "/v1", api_key="none", max_retries=0)
+    before = long_server.health()
+    budget = LONG_CONTEXT - 64
+    stream = ask(client, PROMPTS[7], budget, stream=True)
     next(iter(stream))
     stream.close()
-    for _ in range(100):
-        h = server.health()
-        if h["cancelled"] > before and h["running"] == 0:
+    for _ in range(300):
+        h = long_server.health()
+        if h["cancelled"] > before["cancelled"] and h["running"] == 0:
             break
         time.sleep(0.1)
-    assert h["cancelled"] == before + 1 and h["running"] == 0
+    assert h["cancelled"] == before["cancelled"] + 1 and h["running"] == 0
+    assert h["tokens"] - before["tokens"] < budget // 2  # stopped early, not at the end of its budget
 
 
 def test_bad_requests_get_openai_errors(client, server):

@@ -51,11 +51,12 @@ def write_tokenizer(d: pathlib.Path):
     return len(vocab)
 
 
-def make_model(d: pathlib.Path, seed: int, hidden: int, layers: int, heads: int, kv_heads: int, sharpen: float = 1.0):
+def make_model(d: pathlib.Path, seed: int, hidden: int, layers: int, heads: int, kv_heads: int, sharpen: float = 1.0,
+               context: int = 256):
     vocab = write_tokenizer(d)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=context,
                       rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=SPECIALS.index("<|im_end|>"),
                       pad_token_id=0, bos_token_id=None, attn_implementation="eager")
     model = LlamaForCausalLM(cfg).eval()
