@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
-from train_fixtures import SPECIALS, encode, make_domain_world, make_model, make_world, metrics, render, run, write_config
+from train_fixtures import (SPECIALS, encode, make_domain_world, make_model, make_moe_model, make_world, metrics,
+                            render, run, write_config)
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +195,27 @@ def test_generate_writes_sequence_level_kd_data(world, tmp_path):
                        train_batch_size=3, lambda_param=0.0)
     r = run("distill", "--config", cfg)
     assert "6 training samples" in r.stderr
+
+
+@pytest.mark.parametrize("student", ["moe", "checkpointed"])
+def test_moe_and_checkpointed_students_train_on_policy(world, tmp_path, student):
+    """The generation pass composes with an MoE student (router losses on its own tokens) and with
+    gradient checkpointing; the logged answers are still `kdae generate`'s."""
+    overrides = dict(ON_POLICY, max_steps=2, logging_steps=1)
+    if student == "moe":
+        d = tmp_path / "moe"
+        make_moe_model(d, seed=3, hidden=32, layers=1, experts=4, top_k=2)
+        overrides["base_model_path"] = str(d)
+    else:
+        d = pathlib.Path(world["student"])
+        overrides.update(gradient_checkpointing=True, attn_weight=1.0)
+    out = tmp_path / "run"
+    run("distill", "--config", write_config(tmp_path / "c.yaml", world, out, **overrides))
+    logged = metrics(out)
+    assert len(logged) == 2 and all(m["train/on_policy_share"] == 1.0 for m in logged)
+    first = completions(out)[0]
+    user = [json.loads(l) for l in pathlib.Path(world["train.jsonl"]).read_text().splitlines()][first["sample"]]
+    r = run("generate", "--model", d, "--chat", "--template", "chatml", "--prompt", user["messages"][0]["content"],
+            "--temperature", "1.0", "--seed", first["seed"], "--max-new-tokens", "12", "--print-ids", "--threads", "1")
+    ours = [int(x) for x in r.stderr.split("ids:")[1].split()]
+    assert ours == (first["completion_ids"][:-1] if first["stopped"] else first["completion_ids"])
