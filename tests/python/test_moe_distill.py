@@ -91,3 +91,25 @@ def test_frozen_moe_parts_stay_bit_identical(world, tmp_path, frozen):
         assert torch.equal(before[name], after[name]), name
     # An expert no token was routed to gets no gradient, so only some trained tensors need to move.
     assert any(not torch.equal(before[name], after[name]) for name in moved)
+
+
+@pytest.mark.parametrize("frozen", ["routers", "experts"])
+def test_frozen_tensors_stay_bit_identical(world, tmp_path, frozen):
+    """freeze_routers / freeze_experts: after training steps the frozen tensors equal the student's
+    starting weights bit for bit, and every other tensor has moved."""
+    from safetensors.torch import load_file
+    out = tmp_path / "run"
+    run("distill", "--config", write_config(tmp_path / "c.yaml", world, out, max_steps=3,
+                                            **{f"freeze_{frozen}": True}))
+    before = load_file(str(pathlib.Path(world["student"]) / "model.safetensors"))
+    after = load_file(str(out / "model" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    is_frozen = (lambda n: n.endswith("block_sparse_moe.gate.weight")) if frozen == "routers" else \
+        (lambda n: ".block_sparse_moe.experts." in n)
+    names = sorted(before)
+    assert any(is_frozen(n) for n in names)
+    for name in names:
+        if is_frozen(name):
+            assert torch.equal(before[name], after[name]), name
+        else:
+            assert not torch.equal(before[name], after[name]), name
