@@ -89,6 +89,7 @@ std::vector<SequenceEvent> BatchDecoder::prefill() {
     waiting_.pop_front();
   }
   const auto n = static_cast<int64_t>(joining.size());
+  ++prefills_;
   int64_t T = 0;
   for (const auto& r : joining) T = std::max(T, r.length);
   torch::Tensor ids = torch::zeros({n, T}, torch::kInt64), real = torch::zeros({n, T}, torch::kBool);  // (n, T)

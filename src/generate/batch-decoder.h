@@ -56,7 +56,8 @@ class BatchDecoder {
 
   int64_t running() const { return static_cast<int64_t>(rows_.size()); }
   int64_t largest_batch() const { return largest_batch_; }  // most rows one decoding forward has run
-  int64_t steps() const { return steps_; }
+  int64_t steps() const { return steps_; }        // decoding forwards
+  int64_t prefills() const { return prefills_; }  // prefill forwards (groups of joining sequences)
 
  private:
   struct Row {
@@ -83,7 +84,7 @@ class BatchDecoder {
   std::vector<Row> rows_;
   model::KVCache cache_;   // rows_.size() rows
   torch::Tensor key_mask_; // (rows, S) bool
-  int64_t next_id_ = 1, largest_batch_ = 0, steps_ = 0;
+  int64_t next_id_ = 1, largest_batch_ = 0, steps_ = 0, prefills_ = 0;
 };
 
 struct Completion {

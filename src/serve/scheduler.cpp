@@ -99,6 +99,7 @@ void Scheduler::deliver(const std::vector<gen::SequenceEvent>& events) {
   stats_.tokens += tokens;
   stats_.cancelled += cancelled;
   stats_.steps = decoder_.steps();
+  stats_.prefills = decoder_.prefills();
   stats_.largest_batch = decoder_.largest_batch();
   stats_.running = decoder_.running();
 }

@@ -46,7 +46,7 @@ class EventQueue {
 };
 
 struct SchedulerStats {
-  int64_t sequences = 0, cancelled = 0, steps = 0, largest_batch = 0, tokens = 0, running = 0;
+  int64_t sequences = 0, cancelled = 0, steps = 0, prefills = 0, largest_batch = 0, tokens = 0, running = 0;
 };
 
 class Scheduler {

@@ -317,7 +317,7 @@ void Api::routes(httplib::Server& server) {
     const SchedulerStats s = scheduler_.stats();
     json_reply(res, 200,
                {{"status", "ok"}, {"model", name_}, {"sequences", s.sequences}, {"running", s.running},
-                {"cancelled", s.cancelled}, {"steps", s.steps}, {"largest_batch", s.largest_batch},
+                {"cancelled", s.cancelled}, {"steps", s.steps}, {"prefills", s.prefills}, {"largest_batch", s.largest_batch},
                 {"tokens", s.tokens}});
   });
   server.Get("/v1/models", [this, json_reply](const httplib::Request&, httplib::Response& res) {
