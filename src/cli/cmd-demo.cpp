@@ -274,6 +274,10 @@ int run_demo(const Args& args) {
   const fs::path teacher = args.get("teacher"), out = args.get("out");
   const std::string cache_mode = args.get("teacher-cache");
   if (cache_mode != "on" && cache_mode != "off") usage_fail("--teacher-cache must be on or off, got ", cache_mode);
+  const double on_policy = args.get_double("on-policy");
+  if (!(on_policy >= 0 && on_policy <= 1)) usage_fail("--on-policy must be in [0, 1], got ", on_policy);
+  if (on_policy > 0 && cache_mode == "on")
+    usage_fail("--on-policy needs the live teacher (a teacher cache cannot score the student's answers): use --teacher-cache off");
   if (args.get_int("answers") < 1 || args.get_int("answer-tokens") < 1) usage_fail("--answers and --answer-tokens must be >= 1");
   fs::create_directories(out);
   // A re-run replaces the earlier run's outputs; judgments of other students must not linger.
@@ -283,13 +287,16 @@ int run_demo(const Args& args) {
   const fs::path student = make_student(args, out, &kept);
   clock.lap("pruning");
   auto kd = run_options(args, student, out / "kd", 1.0);
+  kd.on_policy_fraction = args.get_double("on-policy");
+  kd.max_new_tokens = args.get_int("answer-tokens");
   const auto sft = run_options(args, student, out / "sft", 0.0);
   if (cache_mode == "on") {
     write_cache(kd, out / "teacher-cache");
     kd.teacher_cache = (out / "teacher-cache").string();
     clock.lap("teacher cache");
   }
-  std::cerr << "demo: knowledge distillation (lambda = 1, forward KL to the teacher)\n";
+  std::cerr << "demo: knowledge distillation (lambda = 1, forward KL to the teacher"
+            << (on_policy > 0 ? ", " + std::to_string(on_policy).substr(0, 4) + " of micro-batches on-policy" : std::string()) << ")\n";
   train::run_training(kd, train::RunKind::distill, config_hash(kd));
   clock.lap("KD");
   std::cerr << "demo: baseline SFT (lambda = 0, cross-entropy on the same answers)\n";
@@ -353,6 +360,7 @@ Command demo_command() {
       {"show", "N", "answers per model printed in the report", "3"},
       {"questions", "FILE", "MT-Bench-format questions the teacher judges teacher, SFT and KD on (none: no judging)"},
       {"judge-tokens", "N", "tokens per judgment", "48"},
+      {"on-policy", "FRACTION", "share of KD micro-batches the student answers itself, scored by the teacher (GKD, docs/on-policy.md; needs --teacher-cache off)", "0"},
       {"seed", "N", "random seed", "42"},
       {"threads", "N", "CPU threads (0 = all cores)", "0"},
   };

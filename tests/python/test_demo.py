@@ -120,13 +120,23 @@ def test_judged_scores_follow_from_the_judgments(report):
 
 
 def test_a_rerun_into_the_same_out_replaces_the_earlier_run(report):
-    """Users re-run the main job: the students, the teacher cache and the report are replaced, not mixed."""
+    """Users re-run the main job: the students, the teacher cache and the report are replaced, not mixed (the
+    re-run distills on-policy, which needs the live teacher; with the cache it is refused)."""
     _, first, out, (world, data) = report
     run("demo", "--teacher", world["teacher"], "--data", data, "--out", out, "--template", "chatml",
         "--keep-layers", 1, "--calibration-samples", 2, "--max-steps", 2, "--learning-rate", 1e-3,
-        "--seq-length", 64, "--teacher-cache", "on", "--answers", 2, "--answer-tokens", 4, "--threads", 1)
+        "--seq-length", 64, "--teacher-cache", "off", "--on-policy", 1, "--answers", 2, "--answer-tokens", 4,
+        "--threads", 1)
     second = json.loads((out / "report.json").read_text())
+    assert (out / "kd" / "completions.jsonl").exists()  # the re-run's KD was on-policy (GKD)
     assert not (out / "judgment.jsonl").exists() and not (out / "model_answer").exists()  # no stale judgments
     assert [r["answers"] for r in second["rows"]] == [2] * 4
     assert second["rows"][0]["ce"] == first["rows"][0]["ce"]  # the teacher row depends on nothing trained
 
+
+
+def test_on_policy_with_the_teacher_cache_is_refused(report):
+    _, _, out, (world, data) = report
+    proc = run("demo", "--teacher", world["teacher"], "--data", data, "--out", out, "--teacher-cache", "on",
+               "--on-policy", 0.5, check=False)
+    assert proc.returncode != 0 and "--on-policy needs the live teacher" in proc.stderr
