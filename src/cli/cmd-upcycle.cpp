@@ -1,19 +1,19 @@
-// kdae upcycle: a MixtralForCausalLM directory built from dense models (model/upcycle.h, docs/moe.md).
+// kdae upcycle: a MixtralForCausalLM directory built from dense models (io/upcycle.h, docs/moe.md).
 #include "cli/commands.h"
 #include "common/error.h"
-#include "model/upcycle.h"
+#include "io/upcycle.h"
 
 namespace kdae::cli {
 namespace {
 
 int run_upcycle(const Args& args) {
   apply_compute_options(args);
-  model::UpcycleOptions o;
+  io::UpcycleOptions o;
   o.base = args.get("base");
   for (const auto& dir : args.all("experts")) o.donors.emplace_back(dir);
   o.num_experts = args.get_int("num-experts");
   o.top_k = args.get_int("top-k");
-  o.router = model::parse_router_init(args.get("router"));
+  o.router = io::parse_router_init(args.get("router"));
   if (auto prompts = args.maybe("prompts")) o.prompts = *prompts;
   o.noise = args.get_double("noise");
   o.router_std = args.get_double("router-std");
@@ -23,7 +23,7 @@ int run_upcycle(const Args& args) {
   o.aux_loss_coef = args.get_double("aux-loss-coef");
   o.out = args.get("out");
   o.overwrite = args.flag("overwrite");
-  model::upcycle(o);
+  io::upcycle(o);
   return 0;
 }
 

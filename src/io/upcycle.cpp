@@ -1,10 +1,10 @@
 // Dimensions: L layers, E experts, D hidden, F MLP width, V vocab, T prompt tokens.
 //
 // Memory: the output is never built as a model. Its tensors are the base's and the donors'
-// memory-mapped checkpoint tensors (io::CheckpointReader) plus the routers, written shard by shard, so
+// memory-mapped checkpoint tensors (CheckpointReader) plus the routers, written shard by shard, so
 // resident memory stays near the routers' size; only --router hidden loads the base once (one model,
 // fp32) to run the prompts, and frees it before writing. --noise materialises each noisy expert tensor.
-#include "model/upcycle.h"
+#include "io/upcycle.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/types.h>
@@ -17,8 +17,13 @@
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
 
-namespace kdae::model {
+namespace kdae::io {
 namespace fs = std::filesystem;
+using model::ModelConfig;
+using model::Transformer;
+using model::ForwardOptions;
+using model::ForwardOutput;
+using model::load_config;
 
 RouterInit parse_router_init(const std::string& name) {
   if (name == "random") return RouterInit::Random;
@@ -157,7 +162,7 @@ std::vector<torch::Tensor> random_routers(const UpcycleOptions& o, const ModelCo
   return out;
 }
 
-std::vector<torch::Tensor> embed_routers(const UpcycleOptions& o, const ModelConfig& c, const io::CheckpointReader& base) {
+std::vector<torch::Tensor> embed_routers(const UpcycleOptions& o, const ModelConfig& c, const CheckpointReader& base) {
   const torch::Tensor embed = base.get("model.embed_tokens.weight");  // (V, D), memory-mapped
   std::vector<torch::Tensor> rows;
   for (const auto& prompts : tokenized_prompts(o, c.vocab_size))
@@ -170,7 +175,7 @@ std::vector<torch::Tensor> embed_routers(const UpcycleOptions& o, const ModelCon
 // MoE input (post_attention_layernorm output) is averaged per expert over all its prompt tokens.
 std::vector<torch::Tensor> hidden_routers(const UpcycleOptions& o, const ModelConfig& c) {
   const auto prompts = tokenized_prompts(o, c.vocab_size);
-  Transformer model = io::load_model(o.base);
+  Transformer model = load_model(o.base);
   model->eval();
   torch::InferenceMode inference;
   torch::Tensor sums = torch::zeros({c.num_layers, o.num_experts, c.hidden_size});  // (L, E, D)
@@ -198,10 +203,10 @@ torch::Tensor with_noise(const torch::Tensor& w, double noise, at::Generator& ge
 }
 
 // The checkpoint: the base's tensors except its MLPs, then per layer the router and E experts.
-io::NamedTensors assemble(const UpcycleOptions& o, const ModelConfig& c, const io::CheckpointReader& base,
-                          const std::vector<std::unique_ptr<io::CheckpointReader>>& donors,
+NamedTensors assemble(const UpcycleOptions& o, const ModelConfig& c, const CheckpointReader& base,
+                          const std::vector<std::unique_ptr<CheckpointReader>>& donors,
                           const std::vector<torch::Tensor>& routers) {
-  io::NamedTensors out;
+  NamedTensors out;
   for (const auto& name : base.names()) {
     if (name.find(".mlp.") != std::string::npos || name.find("rotary_emb.inv_freq") != std::string::npos) continue;
     if (name == "lm_head.weight" && c.tie_word_embeddings) continue;
@@ -215,7 +220,7 @@ io::NamedTensors assemble(const UpcycleOptions& o, const ModelConfig& c, const i
     const std::string layer = "model.layers." + std::to_string(l) + ".";
     out.emplace_back(layer + "block_sparse_moe.gate.weight", routers[static_cast<size_t>(l)].to(dtype));  // (E, D)
     for (int64_t e = 0; e < o.num_experts; ++e) {
-      const io::CheckpointReader& donor = donors.empty() ? base : *donors[static_cast<size_t>(e)];
+      const CheckpointReader& donor = donors.empty() ? base : *donors[static_cast<size_t>(e)];
       for (const auto& [ours, dense] : kExpertNames) {
         const torch::Tensor w = donor.get(layer + "mlp." + dense + ".weight");  // (F, D) or (D, F)
         out.emplace_back(layer + "block_sparse_moe.experts." + std::to_string(e) + "." + ours + ".weight",
@@ -235,19 +240,19 @@ void upcycle(const UpcycleOptions& o) {
   for (const auto& donor : o.donors) check_donor(base, o.base, base_tokenizer, donor);
   const ModelConfig config = moe_config(base, o);
 
-  io::CheckpointReader base_weights(o.base);
+  CheckpointReader base_weights(o.base);
   std::vector<torch::Tensor> routers = o.router == RouterInit::Random ? random_routers(o, config)
                                        : o.router == RouterInit::Embed ? embed_routers(o, config, base_weights)
                                                                        : hidden_routers(o, config);
-  std::vector<std::unique_ptr<io::CheckpointReader>> donors;
-  for (const auto& dir : o.donors) donors.push_back(std::make_unique<io::CheckpointReader>(dir));
-  io::NamedTensors tensors = assemble(o, config, base_weights, donors, routers);
+  std::vector<std::unique_ptr<CheckpointReader>> donors;
+  for (const auto& dir : o.donors) donors.push_back(std::make_unique<CheckpointReader>(dir));
+  NamedTensors tensors = assemble(o, config, base_weights, donors, routers);
 
-  io::SaveOptions save;
+  SaveOptions save;
   save.dtype = base_weights.get("model.embed_tokens.weight").scalar_type();
   save.overwrite = o.overwrite;
   save.copy_tokenizer_from = o.base;
-  io::save_model_files(config, tensors, o.out, save);
+  save_model_files(config, tensors, o.out, save);
 }
 
-}  // namespace kdae::model
+}  // namespace kdae::io

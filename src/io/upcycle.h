@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace kdae::model {
+namespace kdae::io {
 
 enum class RouterInit {
   Random,  // normal(0, router_std), seeded
@@ -39,4 +39,4 @@ void upcycle(const UpcycleOptions& options);
 // without prompts.
 std::vector<std::vector<std::string>> read_expert_prompts(const std::filesystem::path& path, int64_t num_experts);
 
-}  // namespace kdae::model
+}  // namespace kdae::io
