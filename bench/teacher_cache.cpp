@@ -2,7 +2,7 @@
 // On N rows of synthetic peaked teacher logits (V columns, N(0, 1) * 4: top-1 mass ~0.3-0.6, like a
 // sharp LLM head), for logprob_bits 4 and 8 at top-k K: bytes per row, encode and decode rows/s
 // (median of REPS), and the reconstruction error KL(full || decoded sparse, tail spread evenly) per
-// row. Then the forward-kl fwd+bwd time of the sparse loss vs the dense chunked loss on the same rows.
+// row. Then the forward_kl fwd+bwd time of the sparse loss vs the dense chunked loss on the same rows.
 // Dimension legend: N rows, V vocabulary, k top-k.
 #include <torch/types.h>
 
@@ -91,6 +91,6 @@ int main(int argc, char** argv) {
     student.mutable_grad() = torch::Tensor();
     distill::row_divergence(student, teacher, rows, d).sum().backward();
   });
-  std::printf("forward-kl fwd+bwd: sparse (k %lld) %.3f s, dense chunked %.3f s\n", (long long)K, sparse_s, dense_s);
+  std::printf("forward_kl fwd+bwd: sparse (k %lld) %.3f s, dense chunked %.3f s\n", (long long)K, sparse_s, dense_s);
   return 0;
 }

@@ -39,7 +39,7 @@ void check_options(const DivergenceOptions& opts) {
   if (!(opts.temperature > 0.0) || !std::isfinite(opts.temperature))
     fail("distillation temperature must be a positive number, got ", opts.temperature);
   if (!(opts.beta >= 0.0 && opts.beta <= 1.0)) fail("jsd beta must lie in [0, 1], got ", opts.beta);
-  if (!(opts.alpha >= 0.0 && opts.alpha <= 1.0)) fail("skew-kl alpha must lie in [0, 1], got ", opts.alpha);
+  if (!(opts.alpha >= 0.0 && opts.alpha <= 1.0)) fail("skew_kl alpha must lie in [0, 1], got ", opts.alpha);
   if (opts.chunk_rows < 0) fail("chunk_rows must be >= 0 (0 = automatic), got ", opts.chunk_rows);
 }
 
@@ -199,29 +199,29 @@ void check_rows_inputs(const torch::Tensor& student, const torch::Tensor& teache
 }  // namespace
 
 Divergence parse_divergence(const std::string& name) {
-  if (name == "forward-kl") return Divergence::ForwardKL;
-  if (name == "reverse-kl") return Divergence::ReverseKL;
+  if (name == "forward_kl") return Divergence::ForwardKL;
+  if (name == "reverse_kl") return Divergence::ReverseKL;
   if (name == "jsd") return Divergence::JSD;
-  if (name == "skew-kl") return Divergence::SkewKL;
+  if (name == "skew_kl") return Divergence::SkewKL;
   if (name == "tvd") return Divergence::TVD;
-  fail("unknown divergence '", name, "' (expected forward-kl, reverse-kl, jsd, skew-kl or tvd)");
+  fail("unknown divergence '", name, "' (expected forward_kl, reverse_kl, jsd, skew_kl or tvd)");
 }
 
 std::string divergence_name(Divergence kind) {
   switch (kind) {
-    case Divergence::ForwardKL: return "forward-kl";
-    case Divergence::ReverseKL: return "reverse-kl";
+    case Divergence::ForwardKL: return "forward_kl";
+    case Divergence::ReverseKL: return "reverse_kl";
     case Divergence::JSD: return "jsd";
-    case Divergence::SkewKL: return "skew-kl";
+    case Divergence::SkewKL: return "skew_kl";
     case Divergence::TVD: return "tvd";
   }
   return "?";
 }
 
 Normalization parse_normalization(const std::string& name) {
-  if (name == "token-mean") return Normalization::TokenMean;
-  if (name == "sequence-mean") return Normalization::SequenceMean;
-  fail("unknown loss normalization '", name, "' (expected token-mean or sequence-mean)");
+  if (name == "token") return Normalization::TokenMean;
+  if (name == "sequence") return Normalization::SequenceMean;
+  fail("unknown loss normalization '", name, "' (expected token or sequence)");
 }
 
 int64_t resolve_vocab(const DivergenceOptions& opts, int64_t student_width, int64_t teacher_width) {

@@ -4,12 +4,12 @@
 // Dimension legend: B = batch, T = time, V = vocabulary columns, R = B*T rows, N = supervised rows.
 //
 // p_T = softmax(z_T / tau), p_S = softmax(z_S / tau), both over the true vocabulary only.
-//   forward-kl  KL(p_T || p_S)                                          (the paper's L_pred)
-//   reverse-kl  KL(p_S || p_T)
+//   forward_kl  KL(p_T || p_S)                                          (the paper's L_pred)
+//   reverse_kl  KL(p_S || p_T)
 //   jsd(beta)   beta KL(p_T || m) + (1-beta) KL(p_S || m), m = beta p_T + (1-beta) p_S;
-//               endpoints: beta = 0 IS forward-kl and beta = 1 IS reverse-kl (the limits of
+//               endpoints: beta = 0 IS forward_kl and beta = 1 IS reverse_kl (the limits of
 //               JSD/beta and JSD/(1-beta), the convention of GKD/TRL), so the value jumps at them.
-//   skew-kl(a)  KL(p_T || a p_T + (1-a) p_S); a = 0 is forward-kl.
+//   skew_kl(a)  KL(p_T || a p_T + (1-a) p_S); a = 0 is forward_kl.
 //   tvd         0.5 sum |p_T - p_S|
 //
 // The teacher is a constant: no gradient flows to the teacher logits.
@@ -27,15 +27,15 @@ namespace kdae::distill {
 enum class Divergence { ForwardKL, ReverseKL, JSD, SkewKL, TVD };
 enum class Normalization { TokenMean, SequenceMean };
 
-Divergence parse_divergence(const std::string& name);  // forward-kl, reverse-kl, jsd, skew-kl, tvd
+Divergence parse_divergence(const std::string& name);  // forward_kl, reverse_kl, jsd, skew_kl, tvd
 std::string divergence_name(Divergence kind);
-Normalization parse_normalization(const std::string& name);  // token-mean, sequence-mean
+Normalization parse_normalization(const std::string& name);  // token, sequence (the config key loss_normalization)
 
 struct DivergenceOptions {
   Divergence kind = Divergence::ForwardKL;
   double temperature = 1.0;
   double beta = 0.5;   // jsd only, in [0, 1]
-  double alpha = 0.1;  // skew-kl only, in [0, 1]
+  double alpha = 0.1;  // skew_kl only, in [0, 1]
   Normalization normalization = Normalization::TokenMean;
   // True vocabulary sizes; 0 = the logits' width. Columns past them (padded heads) are cut off
   // before the softmax. After resolution the two must agree.

@@ -8,7 +8,7 @@
 // everything else. The student's bucket probabilities are softmax(z_S / tau) at the k ids and
 // s_tail = 1 - sum of those (computed as a log-sum-exp over the other columns, so it is exact and
 // stable). Every divergence of divergence.h is well defined on these bucket distributions and uses
-// the same formulas (forward-kl, reverse-kl, jsd, skew-kl, tvd), times tau^2. At k = V the tail
+// the same formulas (forward_kl, reverse_kl, jsd, skew_kl, tvd), times tau^2. At k = V the tail
 // buckets are empty and the values equal the dense ones (tested to 1e-6); for k < V the bucketed
 // value is a lower bound of the dense one (grouping outcomes never increases an f-divergence).
 //

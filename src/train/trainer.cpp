@@ -46,14 +46,11 @@ distill::KdObjectiveOptions objective_options(const DistillOptions& o, int64_t t
   k.attention_weight = o.attn_weight;
   k.hidden_weight = o.hidden_weight;
   k.alignment = distill::parse_label_alignment(o.label_alignment);
-  auto dashed = o.divergence;
-  for (auto& c : dashed) c = c == '_' ? '-' : c;
-  k.divergence.kind = distill::parse_divergence(dashed);
+  k.divergence.kind = distill::parse_divergence(o.divergence);
   k.divergence.temperature = o.temperature;
   k.divergence.beta = o.jsd_beta;
   k.divergence.alpha = o.skew_alpha;
-  k.divergence.normalization = o.loss_normalization == "token" ? distill::Normalization::TokenMean
-                                                                : distill::Normalization::SequenceMean;
+  k.divergence.normalization = distill::parse_normalization(o.loss_normalization);
   k.divergence.student_vocab = k.divergence.teacher_vocab = true_vocab;
   if (o.kd_chunk_tokens > 0) k.divergence.chunk_rows = o.kd_chunk_tokens;
   return k;

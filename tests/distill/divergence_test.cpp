@@ -52,7 +52,7 @@ TEST(Divergence, ChunkedMatchesPlainForEveryKind) {
       SCOPED_TRACE(divergence_name(kind) + " tau " + std::to_string(tau));
       // The paths differ only in rounding: each value and gradient entry comes from sums over the 37
       // vocabulary entries of terms no larger than the widest log-ratio, (range(s) + range(t)) / tau.
-      // Observed: 1.85e-6 under ATEN_CPU_CAPABILITY=default (reverse-kl; the failure AVX-512 machines
+      // Observed: 1.85e-6 under ATEN_CPU_CAPABILITY=default (reverse_kl; the failure AVX-512 machines
       // reported), < 1e-6 under avx2.
       const double magnitude = (student.max() - student.min() + teacher.max() - teacher.min()).item<double>() / tau;
       const double tol = fp32_reduction_tolerance(37, magnitude);

@@ -71,7 +71,7 @@ TEST(SparseDivergence, EqualsTheDenseDivergenceAtFullVocabulary) {
         // Both sides are fp32 (the stored log-probs too) and differ in rounding only: sums over V = 50
         // entries of terms bounded by the widest log-ratio, (range(s) + range(t)) / min(tau, tau_c), and
         // the value carries the tau^2 factor. Observed: gradients 1.8e-6 apart under
-        // ATEN_CPU_CAPABILITY=default (reverse-kl), below 1e-6 under avx2.
+        // ATEN_CPU_CAPABILITY=default (reverse_kl), below 1e-6 under avx2.
         const double magnitude = range / std::min(tau, tau_c);
         SCOPED_TRACE(divergence_name(kind) + " tau " + std::to_string(tau) + " tau_c " + std::to_string(tau_c));
         EXPECT_TRUE(all_close(got.value, want.value, tau * tau * fp32_reduction_tolerance(V, magnitude)));

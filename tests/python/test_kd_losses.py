@@ -76,17 +76,17 @@ def oracle_divergence(s, t, cfg):
     kind = cfg["divergence"]
     beta, alpha = cfg.get("beta", 0.5), cfg.get("alpha", 0.1)
     if kind == "jsd" and beta == 0.0:
-        kind = "forward-kl"
+        kind = "forward_kl"
     if kind == "jsd" and beta == 1.0:
-        kind = "reverse-kl"
-    if kind == "forward-kl":
+        kind = "reverse_kl"
+    if kind == "forward_kl":
         d = kl(log_ps, pt).sum(-1)
-    elif kind == "reverse-kl":
+    elif kind == "reverse_kl":
         d = kl(log_pt, ps).sum(-1)
     elif kind == "jsd":
         m = beta * pt + (1 - beta) * ps
         d = beta * kl(m.log(), pt).sum(-1) + (1 - beta) * kl(m.log(), ps).sum(-1)
-    elif kind == "skew-kl":
+    elif kind == "skew_kl":
         d = kl((alpha * pt + (1 - alpha) * ps).log(), pt).sum(-1)
     elif kind == "tvd":
         d = 0.5 * (pt - ps).abs().sum(-1)
@@ -123,7 +123,7 @@ def oracle(inputs, cfg):
     labels = inputs["labels"]
     mask = labels.ne(-100) if cfg.get("alignment", "shifted") == "shifted" else inputs["token_mask"]
     per_token = oracle_divergence(s[..., :V], t[..., :V], cfg)
-    if cfg.get("normalization", "token-mean") == "token-mean":
+    if cfg.get("normalization", "token") == "token":
         w = inputs.get("sample_weights", torch.ones(B)).double()[:, None].expand(B, T)
         pred = (per_token * mask * w).sum() / max((mask * w).sum(), 1e-300) if mask.any() else per_token.sum() * 0
     else:
@@ -146,8 +146,8 @@ def oracle(inputs, cfg):
                 counts=[int(mask.sum()), int(labels.ne(-100).sum()), rows * 0])
 
 
-DIVERGENCES = [dict(divergence="forward-kl"), dict(divergence="reverse-kl"), dict(divergence="jsd", beta=0.5),
-               dict(divergence="jsd", beta=0.2), dict(divergence="skew-kl", alpha=0.1), dict(divergence="tvd")]
+DIVERGENCES = [dict(divergence="forward_kl"), dict(divergence="reverse_kl"), dict(divergence="jsd", beta=0.5),
+               dict(divergence="jsd", beta=0.2), dict(divergence="skew_kl", alpha=0.1), dict(divergence="tvd")]
 
 
 def check(out, ref):
@@ -182,18 +182,18 @@ def test_kd_dae_alignment_differs_from_shifted():
     # The two masks really select different rows, so the alignment switch is exercised.
     inputs = make_inputs()
     assert not torch.equal(inputs["labels"].ne(-100), inputs["token_mask"])
-    a = run_probe(inputs, dict(divergence="forward-kl", tau=1.0, student_vocab=V, alignment="shifted", **{"lambda": 1.0}))
-    b = run_probe(inputs, dict(divergence="forward-kl", tau=1.0, student_vocab=V, alignment="kd-dae", **{"lambda": 1.0}))
+    a = run_probe(inputs, dict(divergence="forward_kl", tau=1.0, student_vocab=V, alignment="shifted", **{"lambda": 1.0}))
+    b = run_probe(inputs, dict(divergence="forward_kl", tau=1.0, student_vocab=V, alignment="kd-dae", **{"lambda": 1.0}))
     assert abs(a["pred"].item() - b["pred"].item()) > 1e-3
 
 
 @pytest.mark.parametrize("weights", [None, [1.0, 3.0, 0.5]])
-@pytest.mark.parametrize("normalization", ["token-mean", "sequence-mean"])
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
 def test_normalization_and_sample_weights(normalization, weights):
     inputs = make_inputs(seed=3)
     if weights is not None:
         inputs["sample_weights"] = torch.tensor(weights)
-    cfg = dict(divergence="forward-kl", tau=2.0, student_vocab=V, normalization=normalization, **{"lambda": 1.0})
+    cfg = dict(divergence="forward_kl", tau=2.0, student_vocab=V, normalization=normalization, **{"lambda": 1.0})
     check(run_probe(inputs, cfg), oracle(inputs, cfg))
 
 
@@ -224,7 +224,7 @@ def test_empty_micro_batch_gives_zero_loss_and_gradient():
 
 def test_padded_columns_get_no_distillation_gradient():
     inputs = make_inputs()
-    out = run_probe(inputs, dict(divergence="forward-kl", tau=1.0, student_vocab=V, **{"lambda": 1.0}))
+    out = run_probe(inputs, dict(divergence="forward_kl", tau=1.0, student_vocab=V, **{"lambda": 1.0}))
     assert torch.count_nonzero(out["grad_student_logits"][..., V:]) == 0
     assert torch.count_nonzero(out["grad_student_logits"][..., :V]) > 0
 
@@ -232,9 +232,9 @@ def test_padded_columns_get_no_distillation_gradient():
 def test_vocab_mismatch_is_an_error_naming_both_sizes():
     inputs = make_inputs()
     inputs["teacher_logits"] = inputs["teacher_logits"][..., :48].contiguous()
-    err = run_probe(inputs, dict(divergence="forward-kl", tau=1.0, **{"lambda": 1.0}), expect_ok=False)
+    err = run_probe(inputs, dict(divergence="forward_kl", tau=1.0, **{"lambda": 1.0}), expect_ok=False)
     assert "48" in err and "56" in err and "vocab" in err
-    err = run_probe(inputs, dict(divergence="forward-kl", tau=1.0, student_vocab=V, **{"lambda": 1.0}), expect_ok=False)
+    err = run_probe(inputs, dict(divergence="forward_kl", tau=1.0, student_vocab=V, **{"lambda": 1.0}), expect_ok=False)
     assert "48" in err and "50" in err
 
 
@@ -248,7 +248,7 @@ def test_dae_routing_picks_the_teacher_per_sample():
     del dae["teacher_logits"]
     dae.update(is_domain=is_domain, expert_logits=expert[is_domain == 1].contiguous(),
                reference_logits=reference[is_domain == 0].contiguous())
-    cfg = dict(divergence="forward-kl", tau=2.0, student_vocab=V, attention_weight=0.0, **{"lambda": 0.5})
+    cfg = dict(divergence="forward_kl", tau=2.0, student_vocab=V, attention_weight=0.0, **{"lambda": 0.5})
     routed = torch.where(is_domain[:, None, None] == 1, expert, reference)
     check(run_probe(dae, cfg), oracle(dict(inputs, teacher_logits=routed), cfg))
     dae["is_domain"] = torch.tensor([1, 2, 0])

@@ -37,11 +37,11 @@ int main(int argc, char** argv) try {
   opts.attention_weight = cfg.value("attention_weight", 1.0);
   opts.alignment = parse_label_alignment(cfg.value("alignment", std::string("shifted")));
   auto& d = opts.divergence;
-  d.kind = parse_divergence(cfg.value("divergence", std::string("forward-kl")));
+  d.kind = parse_divergence(cfg.value("divergence", std::string("forward_kl")));
   d.temperature = cfg.value("tau", 1.0);
   d.beta = cfg.value("beta", 0.5);
   d.alpha = cfg.value("alpha", 0.1);
-  d.normalization = parse_normalization(cfg.value("normalization", std::string("token-mean")));
+  d.normalization = parse_normalization(cfg.value("normalization", std::string("token")));
   d.chunked = cfg.value("chunked", true);
   d.chunk_rows = cfg.value("chunk_rows", int64_t{0});
   d.student_vocab = cfg.value("student_vocab", int64_t{0});
