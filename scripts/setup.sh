@@ -15,7 +15,7 @@ export CCACHE_SLOPPINESS="${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_f
 
 APT_PACKAGES=(g++ cmake ninja-build ccache pkg-config python3 python3-venv
               libyaml-cpp-dev nlohmann-json3-dev libsentencepiece-dev libgtest-dev libgmock-dev
-              libpcre2-dev libutf8proc-dev libcpp-httplib-dev)
+              libpcre2-dev libutf8proc-dev libcpp-httplib-dev libgloo-dev)
 
 say() { printf '[kdae setup] %s\n' "$*" >&2; }
 

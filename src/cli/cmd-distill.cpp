@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "cli/run-config.h"
 #include "common/error.h"
+#include "dist/process-group.h"
 #include "train/trainer.h"
 
 namespace kdae::cli {
@@ -23,6 +24,7 @@ int run_recipe(const Args& args, train::RunKind kind) {
   if (args.flag("resume")) overrides.push_back("resume_from_checkpoint=latest");
   const auto options = load_run_config(args.get("config"), overrides, kind);
   const auto summary = train::run_training(options, kind, config_hash(options));
+  if (!dist::world().is_main()) return 0;  // rank 0 reports the job's figures
   for (const auto& [name, value] : summary.last_eval) std::cout << name << " " << value << "\n";
   return 0;
 }
@@ -87,7 +89,9 @@ Command eval_command() {
       options.teacher_dtype = "float32";
       train::validate_distill_options(options, kind, train::OptionsUse::evaluation);
     }
-    for (const auto& [name, value] : train::evaluate_student(options, kind)) std::cout << name << " " << value << "\n";
+    const auto figures = train::evaluate_student(options, kind);
+    if (!dist::world().is_main()) return 0;
+    for (const auto& [name, value] : figures) std::cout << name << " " << value << "\n";
     return 0;
   };
   return c;

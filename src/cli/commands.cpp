@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "dist/process-group.h"
 
 namespace kdae::cli {
 
@@ -67,7 +68,8 @@ int run_cli(int argc, char** argv) {
     std::cerr << "kdae " << command->name << ": " << e.what() << "\n";
     return 2;
   } catch (const std::exception& e) {
-    std::cerr << "kdae " << command->name << ": error: " << e.what() << "\n";
+    const std::string rank = dist::rank_label();  // in a multi-process job, which process failed
+    std::cerr << "kdae " << command->name << (rank.empty() ? "" : " (" + rank + ")") << ": error: " << e.what() << "\n";
     return 1;
   }
 }

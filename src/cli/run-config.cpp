@@ -389,6 +389,15 @@ const std::vector<Key>& key_table() {
     t.push_back(not_for_resume(string_key(dv, "teacher_device", &D::teacher_device, "Teacher device: auto, cpu, cuda, cuda:N.")));
     t.push_back(enum_key(dv, "teacher_dtype", &D::teacher_dtype, {"float32", "bfloat16", "float16"}, "Teacher weight dtype."));
     t.push_back(not_for_resume(int_key(dv, "threads", &D::threads, "CPU threads; 0 = all cores.")));
+    const std::string di = "Multi-process training (docs/distributed.md)";
+    t.push_back(not_for_resume(enum_key(di, "backend", &D::backend, {"auto", "nccl", "gloo"},
+                                        "c10d backend under torchrun / srun / mpirun: auto = NCCL on CUDA, Gloo on CPU.")));
+    t.push_back(not_for_resume(int_key(di, "dist_timeout_s", &D::dist_timeout_s,
+                                       "Seconds a rank waits for the others (rendezvous, each collective) before the job stops with an error naming the step.")));
+    t.push_back(int_key(di, "global_batch_size", &D::global_batch_size,
+                        "> 0: sequences per optimizer step over all ranks (the paper's 4096); gradient_accumulation_steps "
+                        "becomes global_batch_size / (train_batch_size x ranks), which must divide exactly. 0 = "
+                        "train_batch_size x gradient_accumulation_steps x ranks."));
 
     t.push_back(string_key(da, "domain_model_path", &D::domain_model_path, "The domain expert teacher (with target_model_path as the general one)."));
     t.push_back(Key{"teachers", "mapping", da, "{domain: path} or {domain: {path | cache, temperature, weight}}; `cache` is a `kdae teacher-cache` directory of that teacher (no attention/hidden KD, no eval during training); a teacher without a temperature uses `temperature`. Replaces target_model_path + domain_model_path.", set_teachers, show_teachers});

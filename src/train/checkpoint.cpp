@@ -170,6 +170,8 @@ static std::string ordered_dump(const TrainerState& s) {
   for (const auto& c : s.cuda_rng_states) j["rng"]["cuda"].push_back(base64_encode(c));
   j["metrics_tail"] = nlohmann::ordered_json::parse(s.metrics_tail.dump());
   j["log_window"] = nlohmann::ordered_json::parse(s.log_window.dump());
+  j["global_batch"] = s.global_batch;
+  j["world_size"] = s.world_size;
   if (!s.loss_scaler.is_null()) j["loss_scaler"] = nlohmann::ordered_json::parse(s.loss_scaler.dump());
   return j.dump(2) + "\n";
 }
@@ -199,6 +201,8 @@ TrainerState trainer_state_from_json(const nlohmann::json& j, const fs::path& pa
     s.metrics_tail = j.value("metrics_tail", nlohmann::json::array());
     s.log_window = j.value("log_window", nlohmann::json::object());
     s.loss_scaler = j.value("loss_scaler", nlohmann::json());
+    s.global_batch = j.value("global_batch", int64_t{0});
+    s.world_size = j.value("world_size", int64_t{1});
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": damaged trainer state (", e.what(), "); delete this checkpoint directory to resume from the "
          "previous one");

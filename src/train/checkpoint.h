@@ -43,6 +43,8 @@ struct TrainerState {
   // run logs the same window averages as an uninterrupted one.
   nlohmann::json log_window = nlohmann::json::object();
   nlohmann::json loss_scaler;  // train::LossScaler::to_json(); null unless training in float16
+  int64_t global_batch = 0;    // sequences per optimizer step over all ranks (0: written before kdae knew)
+  int64_t world_size = 1;      // ranks of the job that wrote it
 };
 
 // Reads the default CPU (and every CUDA) generator's state into state, and restores it.

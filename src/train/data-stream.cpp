@@ -1,5 +1,7 @@
 #include "train/data-stream.h"
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "data/sampler.h"
 
@@ -11,7 +13,10 @@ DataStream::DataStream(const data::Dataset& dataset, std::vector<bool> usable, D
     if (usable.empty() || usable[i]) usable_.push_back(i);
   if (usable_.empty()) fail(dataset.path.string(), ": no usable training sample");
   load_epoch(0);
-  epoch0_micro_batches_ = (static_cast<int64_t>(rows_.size()) + options_.batch_size - 1) / options_.batch_size;
+  if (options_.world_size < 1 || options_.rank < 0 || options_.rank >= options_.world_size)
+    fail("data stream: rank ", options_.rank, " of world size ", options_.world_size);
+  const int64_t job_rows = options_.batch_size * options_.world_size;
+  epoch0_micro_batches_ = (static_cast<int64_t>(rows_.size()) + job_rows - 1) / job_rows;
 }
 
 void DataStream::load_epoch(int64_t epoch) {
@@ -67,8 +72,10 @@ MicroBatch DataStream::next() {
   MicroBatch mb;
   mb.start = position_;
   std::vector<std::vector<const data::TokenizedSample*>> rows;
-  size_t r = row_of_position_[position_.index];
-  for (; r < rows_.size() && static_cast<int64_t>(rows.size()) < options_.batch_size; ++r) {
+  const size_t first = row_of_position_[position_.index];
+  const size_t end = std::min(rows_.size(), first + static_cast<size_t>(options_.batch_size * options_.world_size));
+  const size_t mine = std::min(end, first + static_cast<size_t>(options_.batch_size * options_.rank));
+  for (size_t r = mine; r < std::min(end, mine + static_cast<size_t>(options_.batch_size)); ++r) {
     std::vector<const data::TokenizedSample*> row;
     std::vector<size_t> ids;
     for (size_t p : rows_[r]) {
@@ -78,8 +85,8 @@ MicroBatch DataStream::next() {
     rows.push_back(std::move(row));
     mb.row_samples.push_back(std::move(ids));
   }
-  position_.index = r < rows_.size() ? static_cast<int64_t>(rows_[r].front()) : static_cast<int64_t>(order_.size());
-  mb.batch = data::collate(rows, options_.pad_id, 0);
+  position_.index = end < rows_.size() ? static_cast<int64_t>(rows_[end].front()) : static_cast<int64_t>(order_.size());
+  if (!rows.empty()) mb.batch = data::collate(rows, options_.pad_id, 0);
   return mb;
 }
 

@@ -103,6 +103,10 @@ void validate_distill_options(DistillOptions& o, RunKind kind, OptionsUse use) {
         o.save_fraction_of_epoch);
   check(o.save_total_limit >= 0, "save_total_limit", ">= 0 (0 = keep all)", double(o.save_total_limit));
   check(o.threads >= 0, "threads", ">= 0 (0 = all cores)", double(o.threads));
+  one_of("backend", o.backend, {"auto", "nccl", "gloo"});
+  check(o.dist_timeout_s >= 1, "dist_timeout_s", ">= 1", double(o.dist_timeout_s));
+  check(o.global_batch_size >= 0, "global_batch_size", ">= 0 (0 = train_batch_size x accumulation x ranks)",
+        double(o.global_batch_size));
   one_of("on_missing_domain", o.on_missing_domain, {"error", "skip"});
   check(o.domain_fraction >= 0 && o.domain_fraction <= 1, "domain_fraction", "in [0, 1]", o.domain_fraction);
 

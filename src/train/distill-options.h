@@ -110,6 +110,11 @@ struct DistillOptions {
   std::string teacher_dtype = "bfloat16";
   int64_t threads = 0;  // 0 = all cores
 
+  // Multi-process training (docs/distributed.md); a single process ignores them.
+  std::string backend = "auto";     // auto | nccl | gloo (auto: NCCL on CUDA, Gloo on CPU)
+  int64_t dist_timeout_s = 600;     // a collective or rendezvous that waits longer stops the job
+  int64_t global_batch_size = 0;    // > 0: sequences per optimizer step over all ranks; sets gradient_accumulation_steps
+
   // DAE (kdae align).
   std::string domain_model_path;               // the domain expert teacher
   std::map<std::string, TeacherSpec> teachers;  // {domain: teacher}; "general" / "domain" when built from the paths

@@ -21,6 +21,13 @@ struct Totals {
     ce_tokens += t.ce_tokens;
     kd_tokens += t.supervised_tokens;
   }
+  void reduce(dist::Group* group) {
+    if (!group || !group->distributed()) return;
+    auto v = group->sum({loss, ce, kl, attn, static_cast<double>(ce_tokens), static_cast<double>(kd_tokens)},
+                        "evaluation sums");
+    loss = v[0], ce = v[1], kl = v[2], attn = v[3];
+    ce_tokens = static_cast<int64_t>(v[4]), kd_tokens = static_cast<int64_t>(v[5]);
+  }
   double mean(double sum, int64_t n) const { return n > 0 ? sum / static_cast<double>(n) : 0.0; }
 };
 
@@ -31,10 +38,15 @@ Totals run_domain(StepSetup& setup, const data::Dataset& ds, const std::vector<b
   stream_opts.shuffle = false;
   stream_opts.pad_id = o.pad_id;
   stream_opts.packing = o.packing;
+  if (o.group) stream_opts.rank = o.group->rank(), stream_opts.world_size = o.group->size();
   DataStream stream(ds, usable, stream_opts);
   setup.packing = o.packing;
   Totals totals;
-  for (int64_t i = 0; i < stream.micro_batches_per_epoch(); ++i) totals.add(compute_step(setup, stream.next()));
+  for (int64_t i = 0; i < stream.micro_batches_per_epoch(); ++i) {
+    MicroBatch mb = stream.next();
+    if (!mb.row_samples.empty()) totals.add(compute_step(setup, mb));
+  }
+  totals.reduce(o.group);
   return totals;
 }
 

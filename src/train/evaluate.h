@@ -3,6 +3,7 @@
 // trainer and by `kdae eval`.
 #pragma once
 #include "data/dataset.h"
+#include "dist/process-group.h"
 #include "train/distill-step.h"
 #include "train/metrics-log.h"
 
@@ -15,6 +16,7 @@ struct EvalOptions {
   bool per_domain = false;        // also report eval/<domain>/... figures
   bool reference_kl = false;      // also KL to TeacherSet::reference_index() for non-general domains
   bool packing = false;           // pack rows as training does (the figures must not change)
+  dist::Group* group = nullptr;   // data parallel: each rank evaluates its slice and the sums are added
 };
 
 // Names: eval/loss (the objective with forward KL at temperature 1), eval/ce_loss, eval/perplexity, eval/kl (forward KL at

@@ -11,6 +11,8 @@
 #include "common/progress.h"
 #include "common/threads.h"
 #include "data/dataset.h"
+#include "dist/grad-sync.h"
+#include "dist/process-group.h"
 #include "distill/router-loss.h"
 #include "generate/text-generator.h"
 #include "io/hf-model.h"
@@ -19,6 +21,7 @@
 #include "train/data-stream.h"
 #include "train/distill-step.h"
 #include "train/evaluate.h"
+#include "train/job.h"
 #include "train/loss-scaler.h"
 #include "train/lr-schedule.h"
 #include "train/on-policy.h"
@@ -109,6 +112,7 @@ struct Run {
   NamedTensors trainable;  // student parameters + KD-module parameters, by name
   LossScaler scaler;       // float16 only
   OnPolicyOptions on_policy;
+  dist::Group& group = dist::world();
 
   explicit Run(const DistillOptions& options, RunKind k) : o(options), kind(k), device(parse_device(options.device)) {}
 };
@@ -244,6 +248,38 @@ Window window_from_json(const nlohmann::json& j) {
   return w;
 }
 
+// The job's window: every rank's sums added; seconds are the slowest rank's, generation seconds the
+// ranks' mean (they generate side by side).
+Window job_window(const Run& r, const Window& w) {
+  if (!r.group.distributed()) return w;
+  std::vector<double> v = {w.loss, w.ce, w.kd, w.attn, w.hidden, w.router,
+                           static_cast<double>(w.ce_tokens), static_cast<double>(w.kd_tokens),
+                           static_cast<double>(w.tokens), static_cast<double>(w.micro), static_cast<double>(w.on_micro),
+                           static_cast<double>(w.rollouts), static_cast<double>(w.stopped),
+                           static_cast<double>(w.generated), w.kd_on, w.kd_off, w.generation_seconds,
+                           static_cast<double>(w.kd_on_tokens), static_cast<double>(w.kd_off_tokens)};
+  const size_t fixed = v.size();
+  for (int t = 0; t < static_cast<int>(r.teachers->size()); ++t) {
+    const auto it = w.per_teacher.find(t);
+    v.push_back(it != w.per_teacher.end() ? 1.0 : 0.0);
+    v.push_back(it != w.per_teacher.end() ? it->second.first : 0.0);
+    v.push_back(it != w.per_teacher.end() ? static_cast<double>(it->second.second) : 0.0);
+  }
+  v = r.group.sum(std::move(v), "metrics of step " + std::to_string(w.steps));
+  Window j;
+  auto count = [&](size_t i) { return static_cast<int64_t>(v[i]); };
+  j.loss = v[0], j.ce = v[1], j.kd = v[2], j.attn = v[3], j.hidden = v[4], j.router = v[5];
+  j.ce_tokens = count(6), j.kd_tokens = count(7), j.tokens = count(8), j.micro = count(9), j.on_micro = count(10);
+  j.rollouts = count(11), j.stopped = count(12), j.generated = count(13), j.kd_on = v[14], j.kd_off = v[15];
+  j.generation_seconds = v[16] / r.group.size(), j.kd_on_tokens = count(17), j.kd_off_tokens = count(18);
+  for (int t = 0; t < static_cast<int>(r.teachers->size()); ++t)
+    if (v[fixed + 3 * t] > 0) j.per_teacher[t] = {v[fixed + 3 * t + 1], count(fixed + 3 * t + 2)};
+  j.steps = w.steps;
+  j.seconds = r.group.max({w.seconds}, "step time")[0];
+  j.router_stats = w.router_stats;
+  return j;
+}
+
 // Per MoE layer: the least-loaded expert's share of assignments (0 = collapsed) and the router entropy.
 Scalars router_figures(const StepResult& res, int64_t top_k) {
   Scalars out;
@@ -264,8 +300,10 @@ struct StepBatches {
   std::vector<MicroBatch> micro;
   std::vector<int64_t> micro_ce, micro_kd;  // per micro-batch: CE tokens, KD tokens (or sequences)
   std::vector<bool> on_policy;              // per micro-batch: the student's own answers (no CE)
+  std::vector<bool> empty;                  // per micro-batch: this rank's slice has no rows
   std::vector<std::pair<int64_t, std::vector<Rollout>>> rollouts;  // (micro-batch, its generations)
-  int64_t ce_tokens = 0, kd_tokens = 0, tokens = 0;
+  int64_t ce_tokens = 0, kd_tokens = 0;  // the job's, over all ranks: the denominators of the token means
+  int64_t tokens = 0, job_tokens = 0;     // this rank's / the job's input tokens
   int64_t generated = 0;
   double generation_seconds = 0;
 };
@@ -273,7 +311,7 @@ struct StepBatches {
 // The stream's next micro-batch, answered by the student when the draw makes it on-policy.
 MicroBatch next_micro_batch(DataStream& stream, Run& r, int64_t step, int64_t micro, StepBatches& s) {
   MicroBatch mb = stream.next();
-  const bool on = is_on_policy(r.on_policy, step, micro);
+  const bool on = !mb.row_samples.empty() && is_on_policy(r.on_policy, step, micro);
   s.on_policy.push_back(on);
   if (!on) return mb;
   OnPolicyBatch generated = on_policy_batch(r.student, r.train, mb, r.on_policy, step, micro);
@@ -289,6 +327,13 @@ StepBatches next_step_batches(DataStream& stream, Run& r, int64_t step) {
   const bool by_sequence = r.setup.objective.divergence.normalization == distill::Normalization::SequenceMean;
   for (int64_t i = 0; i < r.o.gradient_accumulation_steps; ++i) {
     MicroBatch mb = next_micro_batch(stream, r, step, i, s);
+    s.empty.push_back(mb.row_samples.empty());
+    if (s.empty.back()) {
+      s.micro_ce.push_back(0);
+      s.micro_kd.push_back(0);
+      s.micro.push_back(std::move(mb));
+      continue;
+    }
     auto mask = distill::supervised_mask(mb.batch.labels, mb.batch.token_mask, alignment);  // (B, T)
     s.micro_ce.push_back(s.on_policy.back() ? 0 : mb.batch.labels.ne(-100).sum().item<int64_t>());
     s.micro_kd.push_back(by_sequence ? mask.any(1).sum().item<int64_t>() : mask.sum().item<int64_t>());
@@ -297,6 +342,12 @@ StepBatches next_step_batches(DataStream& stream, Run& r, int64_t step) {
     s.tokens += mb.batch.segment_ids.ne(0).sum().item<int64_t>();
     s.micro.push_back(std::move(mb));
   }
+  const auto job = r.group.sum({static_cast<double>(s.ce_tokens), static_cast<double>(s.kd_tokens),
+                                static_cast<double>(s.tokens)},
+                               "step " + std::to_string(step + 1) + " token counts");
+  s.ce_tokens = static_cast<int64_t>(job[0]);
+  s.kd_tokens = static_cast<int64_t>(job[1]);
+  s.job_tokens = static_cast<int64_t>(job[2]);
   return s;
 }
 
@@ -306,7 +357,10 @@ double to_double(const torch::Tensor& t) { return t.defined() ? t.detach().to(to
 // step's global token means, so the gradient equals one big batch's.
 void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
   auto& objective = r.setup.objective;
+  // The router loss is a mean per micro-batch (its balance term is not a token sum): ranks average it.
+  const double router_share = 1.0 / static_cast<double>(batches.micro.size() * r.group.size());
   for (size_t i = 0; i < batches.micro.size(); ++i) {
+    if (batches.empty[i]) continue;
     const auto& mb = batches.micro[i];
     // This micro-batch's share of the step's token means, known before its forward: the fused head
     // computes the gradient of the weighted total in forward.
@@ -317,7 +371,7 @@ void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
     const auto& t = res.terms;
     distill::check_finite(t, step);
     torch::Tensor loss = t.total;
-    if (res.router_loss.defined()) loss = loss + res.router_loss / static_cast<double>(batches.micro.size());
+    if (res.router_loss.defined()) loss = loss + res.router_loss * router_share;
     if (loss.requires_grad()) r.scaler.scale(loss).backward();
     w.loss += to_double(loss);
     const bool on = batches.on_policy[i];
@@ -333,7 +387,7 @@ void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
     w.on_micro += on ? 1 : 0;
     w.attn += to_double(t.attention_loss) * t.supervised_tokens;
     w.hidden += to_double(t.hidden_loss) * t.supervised_tokens;
-    w.router += to_double(res.router_loss) / static_cast<double>(batches.micro.size());
+    w.router += to_double(res.router_loss) * router_share;
     w.kd_tokens += t.supervised_tokens;
     for (size_t p = 0; p < t.per_teacher.size(); ++p) {
       auto& slot = w.per_teacher[res.part_teacher[p]];
@@ -445,7 +499,8 @@ void check_teacher_cache(const Run& r) {
 
 }  // namespace
 
-Scalars evaluate_student(const DistillOptions& o, RunKind kind) {
+Scalars evaluate_student(const DistillOptions& options, RunKind kind) {
+  const DistillOptions o = join_job(options);
   if (o.threads > 0) set_threads(static_cast<int>(o.threads));
   if (o.eval_data_path.empty()) fail("kdae eval needs evaluation data (--data or eval_data_path)");
   Run r(o, kind);
@@ -455,15 +510,18 @@ Scalars evaluate_student(const DistillOptions& o, RunKind kind) {
   r.eval = data::load_dataset(o.eval_data_path, *r.tokenizer, dataset_options(o));
   build_setup(r, r.teachers->assign(r.eval.domain_names));
   EvalOptions eval_opts{o.eval_batch_size, o.seq_length, r.tokenizer->special().padding(), kind == RunKind::align,
-                        kind == RunKind::align, o.packing};
+                        kind == RunKind::align, o.packing, &dist::world()};
   return evaluate(r.setup, r.eval, eval_opts);
 }
 
-TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::string& config_hash) {
+TrainSummary run_training(const DistillOptions& options, RunKind kind, const std::string& config_hash) {
+  const DistillOptions o = join_job(options);
+  dist::Group& group = dist::world();
   if (o.threads > 0) set_threads(static_cast<int>(o.threads));
+  group.check_same("the run config (config hash)", config_hash);
   const bool resuming = !o.resume_from_checkpoint.empty();
-  prepare_output_dir(o, resuming);
-  torch::manual_seed(static_cast<uint64_t>(o.random_seed));
+  group.main_first("preparing output_dir", [&] { prepare_output_dir(o, resuming); }, false);
+  torch::manual_seed(static_cast<uint64_t>(o.random_seed));  // one seed for all ranks: LoRA's init must agree
 
   Run r(o, kind);
   r.scaler = LossScaler({.enabled = o.dtype == "float16", .init_scale = o.loss_scale_init,
@@ -471,7 +529,9 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
   r.tokenizer = tok::Tokenizer::load(o.base_model_path);
   r.student = load_student(o, r.device);
   r.teachers = std::make_unique<TeacherSet>(o, kind, *r.tokenizer, r.student->config());
-  load_data(r);
+  // Rank 0 tokenizes first and fills the dataset cache; the others then read it.
+  group.main_first("loading the data", [&] { load_data(r); });
+  group.check_same("the number of training samples", std::to_string(r.train.samples.size()));
   const auto teacher_of_domain = r.teachers->assign(r.train.domain_names);
   check_teacher_cache(r);
   const auto usable = usable_samples(r, teacher_of_domain);
@@ -483,6 +543,8 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
   stream_opts.packing = o.packing;
   stream_opts.seed = static_cast<uint64_t>(o.random_seed);
   stream_opts.pad_id = r.tokenizer->special().padding();
+  stream_opts.rank = group.rank();
+  stream_opts.world_size = group.size();
   if (kind == RunKind::align) {
     for (const auto& s : r.train.samples) stream_opts.in_domain.push_back(r.train.domain_names[s.domain] != "general");
     stream_opts.domain_fraction = o.domain_fraction;
@@ -500,6 +562,8 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
   AdamW optimizer(r.trainable, adam);
   std::vector<torch::Tensor> params;
   for (const auto& [name, p] : r.trainable) params.push_back(p);
+  dist::GradientSync grad_sync(params, group);
+  const int64_t job_batch = global_batch(o, group);
 
   int64_t step = 0;
   std::optional<int64_t> resume_step;
@@ -512,6 +576,10 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
       dir = *latest;
     }
     LoadedCheckpoint ckpt = load_checkpoint(dir);
+    if (ckpt.state.global_batch > 0 && ckpt.state.global_batch != job_batch)
+      fail("checkpoint ", dir.string(), " was written with a global batch of ", ckpt.state.global_batch,
+           " sequences per step (", ckpt.state.world_size, " ranks), this job's is ", job_batch, " (", group.size(),
+           " ranks); resume with the same global batch (set global_batch_size: ", ckpt.state.global_batch, ")");
     if (ckpt.state.config_hash != config_hash)
       fail("checkpoint ", dir.string(), " was written with different training settings (config hash ",
            ckpt.state.config_hash, ", now ", config_hash, "); resume with the same config, or start a fresh run");
@@ -521,9 +589,10 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     stream.seek(ckpt.state.sampler);
     step = ckpt.state.step;
     resume_step = step;
-    resumed_window = ckpt.state.log_window;
+    if (group.is_main()) resumed_window = ckpt.state.log_window;  // the job's sums: added once
+
     r.scaler.load_json(ckpt.state.loss_scaler);
-    std::cerr << "resuming from " << dir.string() << " at step " << step << "\n";
+    if (group.is_main()) std::cerr << "resuming from " << dir.string() << " at step " << step << "\n";
   }
 
   const int64_t save_every = o.save_steps > 0 ? o.save_steps
@@ -532,28 +601,41 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
                                  : 0;
   const int64_t eval_every = !r.has_eval ? 0 : o.eval_steps > 0 ? o.eval_steps : steps_per_epoch;
   EvalOptions eval_opts{o.eval_batch_size, o.seq_length, stream_opts.pad_id, kind == RunKind::align,
-                        kind == RunKind::align, o.packing};
+                        kind == RunKind::align, o.packing, &group};
 
-  std::cerr << "kdae " << (kind == RunKind::align ? "align" : "distill") << ": " << r.train.samples.size()
-            << " training samples" << (r.train.from_cache ? " (tokenized cache)" : "") << ", "
-            << steps_per_epoch << " steps per epoch, " << total_steps << " steps; " << r.trainable.size()
-            << " trainable tensors; " << r.teachers->describe() << "\n";
-  if (kind == RunKind::align && stream_opts.domain_fraction > 0)
+  const bool main = group.is_main();
+  if (main && group.distributed())
+    std::cerr << "kdae: rank 0 of " << group.size() << " (" << group.env().launcher << ", " << group.backend_name()
+              << "); global batch " << job_batch << " = " << o.train_batch_size << " per micro-batch x "
+              << o.gradient_accumulation_steps << " accumulation x " << group.size() << " ranks\n";
+  if (main)
+    std::cerr << "kdae " << (kind == RunKind::align ? "align" : "distill") << ": " << r.train.samples.size()
+              << " training samples" << (r.train.from_cache ? " (tokenized cache)" : "") << ", "
+              << steps_per_epoch << " steps per epoch, " << total_steps << " steps; " << r.trainable.size()
+              << " trainable tensors; " << r.teachers->describe() << "\n";
+  if (main && kind == RunKind::align && stream_opts.domain_fraction > 0)
     std::cerr << "domain share of supervised tokens: " << stream.realised_domain_fraction() << " (asked "
               << o.domain_fraction << ")\n";
 
-  if (r.on_policy.fraction > 0)
+  if (main && r.on_policy.fraction > 0)
     std::cerr << "on-policy: " << r.on_policy.fraction << " of micro-batches answered by the student (temperature "
               << r.on_policy.temperature << ", top_p " << r.on_policy.top_p << ", up to " << r.on_policy.max_new_tokens
               << " new tokens); answers of logged steps in " << (fs::path(o.output_dir) / "completions.jsonl").string() << "\n";
 
-  MetricsLog log(o.output_dir, true, resume_step);
-  Progress bar({.label = kind == RunKind::align ? "align" : "distill", .total = total_steps, .rate_unit = "tok"});
+  // Rank 0 speaks for the job: progress, metrics.jsonl, TensorBoard, checkpoints, the final model.
+  std::optional<MetricsLog> log;
+  if (main) log.emplace(o.output_dir, true, resume_step);
+  static std::ostream silent(nullptr);
+  ProgressOptions bar_opts{.label = kind == RunKind::align ? "align" : "distill", .total = total_steps, .rate_unit = "tok"};
+  if (!main) bar_opts.tty = false, bar_opts.out = &silent;
+  Progress bar(bar_opts);
   bar.set_step(step);
   TrainSummary summary;
   nlohmann::json tail = nlohmann::json::array();
   Window window = window_from_json(resumed_window);
   auto save = [&] {
+    const Window job = job_window(r, window);  // a collective: every rank takes part, rank 0 writes
+    if (!main) return group.main_first("writing checkpoint-" + std::to_string(step), [] {}, false);
     TrainerState state;
     state.step = step;
     state.epoch = stream.epoch_progress();
@@ -561,7 +643,9 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     state.scheduler_step = step;
     state.config_hash = config_hash;
     state.metrics_tail = tail;
-    state.log_window = window_to_json(window);
+    state.log_window = window_to_json(job);
+    state.global_batch = job_batch;
+    state.world_size = group.size();
     if (r.scaler.enabled()) state.loss_scaler = r.scaler.to_json();
     capture_rng_states(state);
     NamedTensors model_tensors = checkpoint_model_tensors(r);
@@ -569,12 +653,14 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     CheckpointContents contents{&model_tensors, &opt_state, state, nullptr};
     if (o.use_peft && o.save_adapters)
       contents.write_extra = [&](const fs::path& staging) { save_adapters(r.student, o, staging / "adapters"); };
-    save_checkpoint(o.output_dir, contents, static_cast<int>(o.save_total_limit));
+    group.main_first("writing checkpoint-" + std::to_string(step),
+                     [&] { save_checkpoint(o.output_dir, contents, static_cast<int>(o.save_total_limit)); }, false);
   };
   while (step < total_steps) {
     const auto started = std::chrono::steady_clock::now();
     StepBatches batches = next_step_batches(stream, r, step);
     accumulate(r, batches, step, window);
+    grad_sync.all_reduce();
     const bool apply = r.scaler.unscale_and_update(params);
     torch::Tensor grad_norm = apply ? clip_grad_norm(params, o.max_grad_norm) : torch::zeros({});
     const double lr = schedule.lr_at(step);
@@ -583,11 +669,13 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     ++step;
     ++window.steps;
     window.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    bar.advance(1, batches.tokens);
+    bar.advance(1, batches.job_tokens);
     if (step % o.logging_steps == 0 || step == total_steps) {
-      Scalars scalars = window_scalars(r, window, lr, grad_norm.item<double>());
-      log.log(step, stream.epoch_progress(), scalars);
-      log_completions(log, *r.tokenizer, batches, step);
+      Scalars scalars = window_scalars(r, job_window(r, window), lr, grad_norm.item<double>());
+      if (main) {
+        log->log(step, stream.epoch_progress(), scalars);
+        log_completions(*log, *r.tokenizer, batches, step);  // rank 0's answers
+      }
       nlohmann::json entry = {{"step", step}};
       for (const auto& [k, v] : scalars) entry[k] = v;
       tail.push_back(entry);
@@ -598,20 +686,22 @@ TrainSummary run_training(const DistillOptions& o, RunKind kind, const std::stri
     }
     if (eval_every > 0 && (step % eval_every == 0 || step == total_steps)) {
       summary.last_eval = evaluate(r.setup, r.eval, eval_opts);
-      log.log(step, stream.epoch_progress(), summary.last_eval);
+      if (main) log->log(step, stream.epoch_progress(), summary.last_eval);
     }
     if ((save_every > 0 && step % save_every == 0) || step == total_steps) save();
   }
   bar.finish();
-  log.close();
+  if (log) log->close();
   summary.steps = step;
   summary.model_dir = fs::path(o.output_dir) / "model";
-  if (o.use_peft && o.save_adapters) {
-    save_adapters(r.student, o, fs::path(o.output_dir) / "adapters");
-    std::cerr << "adapters (PEFT): " << (fs::path(o.output_dir) / "adapters").string() << "\n";
-  }
-  save_final_model(r.student, o, summary.model_dir);
-  std::cerr << "final model: " << summary.model_dir.string() << "\n";
+  group.main_first("writing the final model", [&] {
+    if (o.use_peft && o.save_adapters) {
+      save_adapters(r.student, o, fs::path(o.output_dir) / "adapters");
+      std::cerr << "adapters (PEFT): " << (fs::path(o.output_dir) / "adapters").string() << "\n";
+    }
+    save_final_model(r.student, o, summary.model_dir);
+    std::cerr << "final model: " << summary.model_dir.string() << "\n";
+  }, false);
   return summary;
 }
 
