@@ -21,13 +21,13 @@ GradientSync::GradientSync(std::vector<torch::Tensor> params, Group& group, int6
   if (!open.empty()) buckets_.push_back(std::move(open));
 }
 
-void GradientSync::all_reduce() {
+void GradientSync::all_reduce(const std::string& at) {
   if (!group_.distributed()) return;
   torch::NoGradGuard no_grad;
   // Which parameters have a gradient on some rank: those take part, on every rank.
   std::vector<double> present(params_.size(), 0.0);
   for (size_t i = 0; i < params_.size(); ++i) present[i] = params_[i].grad().defined() ? 1.0 : 0.0;
-  present = group_.sum(std::move(present), "gradient all-reduce (which parameters have gradients)");
+  present = group_.sum(std::move(present), at + ": gradient all-reduce (which parameters have gradients)");
   bytes_last_step_ = 0;
   for (const auto& bucket : buckets_) {
     std::vector<torch::Tensor> grads;
@@ -41,7 +41,7 @@ void GradientSync::all_reduce() {
     std::vector<torch::Tensor> flat_parts;
     for (auto& g : grads) flat_parts.push_back(g.reshape({-1}));
     torch::Tensor flat = torch::cat(flat_parts);  // (sum of numels)
-    group_.all_reduce_sum(flat, "gradient all-reduce");
+    group_.all_reduce_sum(flat, at + ": gradient all-reduce");
     bytes_last_step_ += flat.numel() * static_cast<int64_t>(flat.element_size());
     int64_t offset = 0;
     for (auto& g : grads) {

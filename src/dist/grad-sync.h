@@ -17,7 +17,7 @@ class GradientSync {
  public:
   GradientSync(std::vector<torch::Tensor> params, Group& group, int64_t bucket_bytes = int64_t{25} << 20);
 
-  void all_reduce();
+  void all_reduce(const std::string& at);  // `at` names the step in errors
   int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
   int64_t bytes_last_step() const { return bytes_last_step_; }  // payload of the last all_reduce, per rank
 

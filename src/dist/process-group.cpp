@@ -33,8 +33,8 @@ bool joined = false;
   std::string cause = e.what();
   if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) cause = c10_error->what_without_backtrace();
   if (const auto cut = cause.find('\n'); cut != std::string::npos) cause = cause.substr(0, cut);
-  fail(what, " failed: ", cause, " (another rank stopped - see its error - or did not reach ", what,
-       " within dist_timeout_s)");
+  if (cause.rfind("[/", 0) == 0 && cause.find("] ") != std::string::npos) cause = cause.substr(cause.find("] ") + 2);
+  fail(what, " failed: ", cause, " (another rank stopped - see its error - or did not get there within dist_timeout_s)");
 }
 
 c10::intrusive_ptr<c10d::Store> rendezvous(const LaunchEnv& env, std::chrono::milliseconds timeout) {
@@ -59,6 +59,8 @@ Backend parse_backend(const std::string& name) {
 
 Group::Group() : impl_(std::make_unique<Impl>()) {}
 Group::~Group() = default;
+
+bool Group::distributed() const { return static_cast<bool>(impl_->backend); }
 
 std::string Group::backend_name() const { return impl_->backend ? impl_->backend->getBackendName() : "none"; }
 
@@ -171,7 +173,7 @@ void join(const LaunchEnv& env, const GroupOptions& options) {
   g.rank_ = env.rank;
   g.size_ = env.world_size;
   g.impl_->options = options;
-  if (env.world_size <= 1) return;
+  if (!env.distributed()) return;
   const bool cuda = options.device.is_cuda();
   Backend backend = options.backend == Backend::automatic ? (cuda ? Backend::nccl : Backend::gloo) : options.backend;
   if (backend == Backend::nccl && !cuda)

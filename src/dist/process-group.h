@@ -38,7 +38,9 @@ class Group {
   int rank() const { return rank_; }
   int size() const { return size_; }
   bool is_main() const { return rank_ == 0; }
-  bool distributed() const { return size_ > 1; }
+  // Joined through a launcher: collectives run, even with one rank (torchrun --nproc-per-node 1
+  // exercises the backend exactly as a larger job does).
+  bool distributed() const;
   const LaunchEnv& env() const { return env_; }
   std::string backend_name() const;
 
@@ -65,7 +67,7 @@ class Group {
 
 Group& world();
 // Connects to the other ranks (TCPStore rendezvous at MASTER_ADDR:MASTER_PORT) and builds the
-// backend. A LaunchEnv of one process joins nothing. Joining twice is an error.
+// backend. Without a launcher (LaunchEnv::distributed() false) it joins nothing. Joining twice is an error.
 void join(const LaunchEnv& env, const GroupOptions& options);
 // "rank 1/4" in a distributed job, "" otherwise: the prefix of every message a rank prints.
 std::string rank_label();

@@ -22,7 +22,7 @@ DistillOptions join_job(const DistillOptions& options) {
   const dist::LaunchEnv env = group.distributed() ? group.env() : dist::detect_launch_env();
   o.device = rank_device(o.device, env);
   o.teacher_device = rank_device(o.teacher_device, env);
-  if (!group.distributed() && env.world_size > 1)
+  if (!group.distributed() && env.distributed())
     dist::join(env, {dist::parse_backend(o.backend), std::chrono::seconds(o.dist_timeout_s), parse_device(o.device)});
   const int64_t world = group.size();
   if (o.global_batch_size > 0) {

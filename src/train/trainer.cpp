@@ -660,7 +660,7 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
     const auto started = std::chrono::steady_clock::now();
     StepBatches batches = next_step_batches(stream, r, step);
     accumulate(r, batches, step, window);
-    grad_sync.all_reduce();
+    grad_sync.all_reduce("step " + std::to_string(step + 1));
     const bool apply = r.scaler.unscale_and_update(params);
     torch::Tensor grad_norm = apply ? clip_grad_norm(params, o.max_grad_norm) : torch::zeros({});
     const double lr = schedule.lr_at(step);
@@ -672,6 +672,10 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
     bar.advance(1, batches.job_tokens);
     if (step % o.logging_steps == 0 || step == total_steps) {
       Scalars scalars = window_scalars(r, job_window(r, window), lr, grad_norm.item<double>());
+      if (group.distributed()) {
+        scalars.emplace_back("dist/ranks", static_cast<double>(group.size()));
+        scalars.emplace_back("dist/allreduce_bytes_per_step", static_cast<double>(grad_sync.bytes_last_step()));
+      }
       if (main) {
         log->log(step, stream.epoch_progress(), scalars);
         log_completions(*log, *r.tokenizer, batches, step);  // rank 0's answers

@@ -1,0 +1,197 @@
+"""Data-parallel training over c10d Gloo ranks on loopback (docs/distributed.md), launched through
+the venv's real torchrun and by hand (srun-style environment): a 2-rank job equals one process with
+the same global batch (losses, grad norms, eval figures and final weights within 1e-5) for distill
+and align; resume crosses world sizes; a killed or hung rank stops the others within
+dist_timeout_s; ranks started with different configs refuse to train."""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from train_fixtures import KDAE, make_domain_world, metrics, run, write_config
+
+TORCHRUN = pathlib.Path(sys.executable).parent / "torchrun"
+# fp32 sums of a few hundred terms computed in another order (two half batches instead of one):
+# ~ 1e-7 relative per step, compounding over 6 optimizer steps at lr 3e-3; 1e-5 leaves a wide margin
+# and still catches any wrong share or double count (those are >= 1e-2).
+TOL = 1e-5
+COMPARED = ("train/loss", "train/ce_loss", "train/kd_loss", "train/attn_loss", "train/hidden_loss", "train/grad_norm",
+            "train/supervised_tokens", "train/general/kd_loss", "train/domain/kd_loss", "eval/loss", "eval/ce_loss",
+            "eval/kl", "eval/tokens", "eval/domain/kl", "eval/general/kl")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_domain_world(tmp_path_factory.mktemp("dist-world"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def torchrun(n, *args, check=True):
+    cmd = [str(TORCHRUN), "--no-python", "--nproc-per-node", str(n), "--master-addr", "127.0.0.1", "--master-port",
+           str(free_port()), KDAE, *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=rank_env(), timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def hand_launch(n, args_of_rank, port=None):
+    """Ranks started as srun would: SLURM_* variables, rank 0 serves the store."""
+    port = port or free_port()
+    procs = []
+    for r in range(n):
+        env = rank_env(SLURM_PROCID=r, SLURM_NTASKS=n, SLURM_LOCALID=r, SLURM_NTASKS_PER_NODE=n,
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([KDAE, *map(str, args_of_rank(r))], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def by_step(out):
+    return {m["step"]: m for m in metrics(out)}
+
+
+def assert_same_run(one, many, steps=None):
+    a, b = by_step(one), by_step(many)
+    steps = steps or sorted(a)
+    assert steps and set(steps) <= set(b), (sorted(a), sorted(b))
+    compared = 0
+    for step in steps:
+        for key in COMPARED:
+            if key in a[step] or key in b[step]:
+                x, y = a[step][key], b[step][key]
+                assert abs(x - y) <= TOL * max(1.0, abs(x)), f"step {step} {key}: one process {x}, ranks {y}"
+                compared += 1
+    assert compared >= 4 * len(steps)
+    wa = load_file(str(pathlib.Path(one) / "model" / "model.safetensors"))
+    wb = load_file(str(pathlib.Path(many) / "model" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert (wa[name] - wb[name]).abs().max().item() <= TOL, name
+
+
+def test_two_torchrun_ranks_equal_one_process_distill(world, tmp_path):
+    # Attention KD, a projected hidden-state loss (extra trainable tensors), accumulation and a
+    # held-out evaluation every 3 steps: every quantity the ranks must reduce.
+    common = dict(max_steps=6, gradient_accumulation_steps=2, attn_weight=1.0, hidden_weight=0.5,
+                  eval_data_path=world["eval.jsonl"], eval_steps=3, eval_batch_size=5)
+    one = write_config(tmp_path / "one.yaml", world, tmp_path / "one", train_batch_size=8, **common)
+    two = write_config(tmp_path / "two.yaml", world, tmp_path / "two", train_batch_size=4, **common)
+    run("distill", "--config", one)
+    proc = torchrun(2, "distill", "--config", two)
+    assert "global batch 16 = 4 per micro-batch x 2 accumulation x 2 ranks" in proc.stderr
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    logged = metrics(tmp_path / "two")
+    assert len(logged) == 6 + 2  # rank 0 alone writes metrics.jsonl: 6 train lines + 2 eval lines
+    assert logged[0]["dist/ranks"] == 2 and logged[0]["dist/allreduce_bytes_per_step"] > 0
+
+
+def test_two_ranks_equal_one_process_align(world, tmp_path):
+    def align(name, batch):
+        cfg = write_config(tmp_path / f"{name}.yaml", world, tmp_path / name, target_model_path="",
+                           domain_model_path=world["expert"], training_data_path=world["mixed.jsonl"],
+                           domain_fraction=0.3, train_batch_size=batch, max_steps=6)
+        cfg.write_text(cfg.read_text().replace('target_model_path: ""', f'target_model_path: {json.dumps(world["teacher"])}'))
+        return cfg
+    run("align", "--config", align("one", 8))
+    procs = hand_launch(2, lambda r: ["align", "--config", align("two", 4)])
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert "train/domain/kd_loss" in metrics(tmp_path / "two")[0]
+
+
+def test_resume_on_another_world_size_continues_exactly(world, tmp_path):
+    # global_batch_size keeps the config (and its hash) the same on 1 and 2 ranks.
+    cfg = write_config(tmp_path / "c.yaml", world, tmp_path / "ref", train_batch_size=4, global_batch_size=8,
+                       max_steps=6, save_steps=3)
+    torchrun(2, "distill", "--config", cfg)
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "ref", cut)
+    shutil.rmtree(cut / "checkpoint-6")
+    shutil.rmtree(cut / "model")
+    proc = run("distill", "--config", cfg, "--set", f"output_dir={cut}", "--resume")
+    assert "resuming from" in proc.stderr and "checkpoint-3" in proc.stderr
+    assert_same_run(tmp_path / "ref", cut, steps=[4, 5, 6])
+
+    odd = run("distill", "--config", cfg, "--set", f"output_dir={tmp_path / 'odd'}", "--set", "global_batch_size=6",
+              check=False)
+    assert odd.returncode == 1 and "global_batch_size 6 is not a multiple of train_batch_size x ranks = 4 x 1" in odd.stderr
+
+
+def test_killed_rank_stops_the_job_and_resume_reproduces_it(world, tmp_path):
+    steps = 300
+    cfg = write_config(tmp_path / "c.yaml", world, tmp_path / "run", train_batch_size=4, max_steps=steps,
+                       save_steps=10, logging_steps=10, dist_timeout_s=30)
+    procs = hand_launch(2, lambda r: ["distill", "--config", cfg])
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "checkpoint-20").exists():
+        assert time.time() < deadline and procs[0].poll() is None, procs[0].stderr.read()[-3000:]
+        time.sleep(0.01)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    _, err = procs[0].communicate(timeout=60)
+    procs[1].wait()
+    assert procs[0].returncode == 1, err[-3000:]
+    assert time.time() - killed < 30
+    assert "(rank 0/2): error: step" in err and "another rank stopped" in err, err[-2000:]
+    assert not (tmp_path / "run" / "model").exists()
+    for ckpt in (tmp_path / "run").glob("checkpoint-*"):
+        assert (ckpt / "trainer_state.json").exists()  # only committed checkpoints carry the name
+
+    torchrun(2, "distill", "--config", cfg, "--resume")
+    reference = write_config(tmp_path / "r.yaml", world, tmp_path / "ref", train_batch_size=8, max_steps=steps,
+                             logging_steps=10)
+    run("distill", "--config", reference)
+    assert_same_run(tmp_path / "ref", tmp_path / "run", steps=list(range(30, steps + 1, 10)))
+
+
+def test_hung_rank_times_out(world, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", world, tmp_path / "run", train_batch_size=4, max_steps=100000,
+                       save_steps=10, logging_steps=50, dist_timeout_s=3)
+    procs = hand_launch(2, lambda r: ["distill", "--config", cfg])
+    try:
+        while not (tmp_path / "run" / "checkpoint-10").exists():
+            assert procs[0].poll() is None, procs[0].stderr.read()[-3000:]
+            time.sleep(0.01)
+        procs[1].send_signal(signal.SIGSTOP)
+        stopped = time.time()
+        _, err = procs[0].communicate(timeout=60)
+        assert procs[0].returncode == 1
+        assert 2.5 < time.time() - stopped < 30
+        assert "Timed out" in err or "timed out" in err, err[-2000:]
+    finally:
+        procs[1].kill()
+        procs[1].wait()
+
+
+def test_ranks_with_different_configs_refuse_to_start(world, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", world, tmp_path / "run", train_batch_size=4)
+    procs = hand_launch(2, lambda r: ["distill", "--config", cfg, "--set", f"learning_rate={0.001 * (r + 1)}"])
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 1
+        assert "the run config (config hash) differs between ranks" in err, err[-2000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
