@@ -394,6 +394,10 @@ const std::vector<Key>& key_table() {
                                         "c10d backend under torchrun / srun / mpirun: auto = NCCL on CUDA, Gloo on CPU.")));
     t.push_back(not_for_resume(int_key(di, "dist_timeout_s", &D::dist_timeout_s,
                                        "Seconds a rank waits for the others (rendezvous, each collective) before the job stops with an error naming the step.")));
+    t.push_back(not_for_resume(enum_key(di, "sharding", &D::sharding, {"none", "optimizer"},
+                                        "Student state across ranks: none = replicated; optimizer = ZeRO-1, each rank keeps and "
+                                        "updates the AdamW state of its share of the parameters (~1/N of it), then broadcasts them. "
+                                        "Checkpoints hold the whole state, so resume may change it.")));
     t.push_back(int_key(di, "global_batch_size", &D::global_batch_size,
                         "> 0: sequences per optimizer step over all ranks (the paper's 4096); gradient_accumulation_steps "
                         "becomes global_batch_size / (train_batch_size x ranks), which must divide exactly. 0 = "

@@ -26,6 +26,7 @@
 #include "train/lr-schedule.h"
 #include "train/on-policy.h"
 #include "train/optimizer.h"
+#include "train/sharded-optimizer.h"
 #include "train/student.h"
 #include "train/teacher-cache.h"
 #include "train/teacher-set.h"
@@ -559,7 +560,7 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
   LrSchedule schedule(parse_lr_schedule(o.lr_scheduler), o.learning_rate, total_steps,
                       resolve_warmup_steps(o.warmup_steps, o.warmup_ratio, total_steps));
   AdamWOptions adam{o.adam_beta1, o.adam_beta2, o.adam_epsilon, o.weight_decay};
-  AdamW optimizer(r.trainable, adam);
+  ShardedOptimizer optimizer(r.trainable, adam, group, parse_sharding(o.sharding));
   std::vector<torch::Tensor> params;
   for (const auto& [name, p] : r.trainable) params.push_back(p);
   dist::GradientSync grad_sync(params, group);
@@ -634,7 +635,9 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
   nlohmann::json tail = nlohmann::json::array();
   Window window = window_from_json(resumed_window);
   auto save = [&] {
-    const Window job = job_window(r, window);  // a collective: every rank takes part, rank 0 writes
+    // Collectives first (every rank takes part), then rank 0 writes.
+    const Window job = job_window(r, window);
+    NamedTensors opt_state = optimizer.state();
     if (!main) return group.main_first("writing checkpoint-" + std::to_string(step), [] {}, false);
     TrainerState state;
     state.step = step;
@@ -649,7 +652,6 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
     if (r.scaler.enabled()) state.loss_scaler = r.scaler.to_json();
     capture_rng_states(state);
     NamedTensors model_tensors = checkpoint_model_tensors(r);
-    NamedTensors opt_state = optimizer.state();
     CheckpointContents contents{&model_tensors, &opt_state, state, nullptr};
     if (o.use_peft && o.save_adapters)
       contents.write_extra = [&](const fs::path& staging) { save_adapters(r.student, o, staging / "adapters"); };
@@ -675,6 +677,7 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
       if (group.distributed()) {
         scalars.emplace_back("dist/ranks", static_cast<double>(group.size()));
         scalars.emplace_back("dist/allreduce_bytes_per_step", static_cast<double>(grad_sync.bytes_last_step()));
+        scalars.emplace_back("dist/optimizer_state_bytes", static_cast<double>(optimizer.local_state_bytes()));  // rank 0's
       }
       if (main) {
         log->log(step, stream.epoch_progress(), scalars);

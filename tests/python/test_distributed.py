@@ -91,11 +91,17 @@ def assert_same_run(one, many, steps=None):
         assert (wa[name] - wb[name]).abs().max().item() <= TOL, name
 
 
-def test_two_torchrun_ranks_equal_one_process_distill(world, tmp_path):
+@pytest.fixture(scope="module")
+def optimizer_state_bytes():
+    return {}
+
+
+@pytest.mark.parametrize("sharding", ["none", "optimizer"])
+def test_two_torchrun_ranks_equal_one_process_distill(world, tmp_path, sharding, optimizer_state_bytes):
     # Attention KD, a projected hidden-state loss (extra trainable tensors), accumulation and a
     # held-out evaluation every 3 steps: every quantity the ranks must reduce.
     common = dict(max_steps=6, gradient_accumulation_steps=2, attn_weight=1.0, hidden_weight=0.5,
-                  eval_data_path=world["eval.jsonl"], eval_steps=3, eval_batch_size=5)
+                  eval_data_path=world["eval.jsonl"], eval_steps=3, eval_batch_size=5, sharding=sharding)
     one = write_config(tmp_path / "one.yaml", world, tmp_path / "one", train_batch_size=8, **common)
     two = write_config(tmp_path / "two.yaml", world, tmp_path / "two", train_batch_size=4, **common)
     run("distill", "--config", one)
@@ -105,6 +111,10 @@ def test_two_torchrun_ranks_equal_one_process_distill(world, tmp_path):
     logged = metrics(tmp_path / "two")
     assert len(logged) == 6 + 2  # rank 0 alone writes metrics.jsonl: 6 train lines + 2 eval lines
     assert logged[0]["dist/ranks"] == 2 and logged[0]["dist/allreduce_bytes_per_step"] > 0
+    optimizer_state_bytes[sharding] = logged[0]["dist/optimizer_state_bytes"]
+    if len(optimizer_state_bytes) == 2:  # ZeRO-1: rank 0 keeps about half the moments (whole tensors)
+        share = optimizer_state_bytes["optimizer"] / optimizer_state_bytes["none"]
+        assert 0.3 < share < 0.7, optimizer_state_bytes
 
 
 def test_two_ranks_equal_one_process_align(world, tmp_path):
@@ -124,9 +134,10 @@ def test_two_ranks_equal_one_process_align(world, tmp_path):
 
 
 def test_resume_on_another_world_size_continues_exactly(world, tmp_path):
-    # global_batch_size keeps the config (and its hash) the same on 1 and 2 ranks.
+    # global_batch_size keeps the config (and its hash) the same on 1 and 2 ranks; the 2-rank run
+    # shards the optimizer state, so its checkpoint holds the state gathered from both ranks.
     cfg = write_config(tmp_path / "c.yaml", world, tmp_path / "ref", train_batch_size=4, global_batch_size=8,
-                       max_steps=6, save_steps=3)
+                       max_steps=6, save_steps=3, sharding="optimizer")
     torchrun(2, "distill", "--config", cfg)
     cut = tmp_path / "cut"
     shutil.copytree(tmp_path / "ref", cut)
@@ -135,6 +146,13 @@ def test_resume_on_another_world_size_continues_exactly(world, tmp_path):
     proc = run("distill", "--config", cfg, "--set", f"output_dir={cut}", "--resume")
     assert "resuming from" in proc.stderr and "checkpoint-3" in proc.stderr
     assert_same_run(tmp_path / "ref", cut, steps=[4, 5, 6])
+    # The gathered state equals the state one process keeps whole.
+    run("distill", "--config", cfg, "--set", f"output_dir={tmp_path / 'single'}")
+    sharded = load_file(str(tmp_path / "ref" / "checkpoint-3" / "optimizer.safetensors"))
+    whole = load_file(str(tmp_path / "single" / "checkpoint-3" / "optimizer.safetensors"))
+    assert sharded.keys() == whole.keys() and len(whole) > 10
+    for name in whole:
+        assert (sharded[name] - whole[name]).abs().max().item() <= TOL * max(1.0, whole[name].abs().max().item()), name
 
     odd = run("distill", "--config", cfg, "--set", f"output_dir={tmp_path / 'odd'}", "--set", "global_batch_size=6",
               check=False)

@@ -1,0 +1,137 @@
+#include "train/sharded-optimizer.h"
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "common/error.h"
+
+namespace kdae::train {
+namespace {
+
+// Largest tensors first, each to the least-loaded rank: every rank computes the same plan.
+std::vector<int> plan_owners(const NamedTensors& params, int ranks) {
+  std::vector<size_t> order(params.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return params[a].second.numel() > params[b].second.numel(); });
+  std::vector<int64_t> load(ranks, 0);
+  std::vector<int> owner(params.size(), 0);
+  for (size_t i : order) {
+    const int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = r;
+    load[r] += params[i].second.numel();
+  }
+  return owner;
+}
+
+std::string parameter_of(const std::string& state_name) {
+  for (const char* suffix : {".exp_avg_sq", ".exp_avg", ".step"}) {
+    const std::string s = suffix;
+    if (state_name.size() > s.size() && state_name.compare(state_name.size() - s.size(), s.size(), s) == 0)
+      return state_name.substr(0, state_name.size() - s.size());
+  }
+  return state_name;
+}
+
+// Broadcasts `tensors` (on `root`; same shapes elsewhere) as one flat float32 buffer.
+void broadcast_flat(dist::Group& group, std::vector<torch::Tensor> tensors, int root, const std::string& what) {
+  if (tensors.empty()) return;
+  std::vector<torch::Tensor> parts;
+  for (const auto& t : tensors) parts.push_back(t.detach().reshape({-1}).to(torch::kFloat32));
+  torch::Tensor flat = torch::cat(parts);  // (sum of numels)
+  group.broadcast(flat, root, what);
+  int64_t offset = 0;
+  for (auto& t : tensors) {
+    t.detach().copy_(flat.narrow(0, offset, t.numel()).view(t.sizes()));
+    offset += t.numel();
+  }
+}
+
+}  // namespace
+
+Sharding parse_sharding(const std::string& name) {
+  if (name == "none") return Sharding::none;
+  if (name == "optimizer") return Sharding::optimizer;
+  fail("sharding '", name, "': expected none or optimizer");
+}
+
+ShardedOptimizer::ShardedOptimizer(NamedTensors params, AdamWOptions options, dist::Group& group, Sharding sharding)
+    : params_(std::move(params)), group_(group), sharding_(sharding) {
+  owner_ = sharded() ? plan_owners(params_, group_.size()) : std::vector<int>(params_.size(), group_.rank());
+  NamedTensors mine;
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (owner_[i] == group_.rank()) mine.push_back(params_[i]);
+  local_ = std::make_unique<AdamW>(std::move(mine), options);
+}
+
+void ShardedOptimizer::step(double lr) {
+  local_->step(lr);
+  if (sharded()) broadcast_from_owners();
+}
+
+void ShardedOptimizer::broadcast_from_owners() {
+  torch::NoGradGuard no_grad;
+  for (int r = 0; r < group_.size(); ++r) {
+    std::vector<torch::Tensor> owned;
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (owner_[i] == r) owned.push_back(params_[i].second);
+    broadcast_flat(group_, owned, r, "parameters updated by rank " + std::to_string(r));
+  }
+}
+
+void ShardedOptimizer::zero_grad() {
+  for (auto& [name, p] : params_) p.mutable_grad() = torch::Tensor();
+}
+
+NamedTensors ShardedOptimizer::state() {
+  NamedTensors mine = local_->state();
+  if (!sharded()) return mine;
+  // Which parameters have state (have taken a step), known to all; then each owner sends its moments.
+  std::set<std::string> have;
+  for (const auto& [name, t] : mine) have.insert(parameter_of(name));
+  std::vector<double> flags(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) flags[i] = have.count(params_[i].first) ? 1.0 : 0.0;
+  flags = group_.sum(std::move(flags), "gathering the optimizer state");
+  std::map<std::string, torch::Tensor> by_name(mine.begin(), mine.end());
+  NamedTensors out;
+  for (int r = 0; r < group_.size(); ++r) {
+    std::vector<torch::Tensor> moments;
+    std::vector<std::string> names;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      if (owner_[i] != r || flags[i] == 0) continue;
+      for (const char* suffix : {".step", ".exp_avg", ".exp_avg_sq"}) {
+        const std::string name = params_[i].first + suffix;
+        torch::Tensor t = r == group_.rank() ? by_name.at(name)
+                          : std::string(suffix) == ".step" ? torch::zeros({}, torch::kFloat32)
+                                                           : torch::zeros_like(params_[i].second);
+        names.push_back(name);
+        moments.push_back(t);
+      }
+    }
+    broadcast_flat(group_, moments, r, "gathering the optimizer state of rank " + std::to_string(r));
+    for (size_t k = 0; k < names.size(); ++k) out.emplace_back(names[k], moments[k]);
+  }
+  return out;
+}
+
+void ShardedOptimizer::load_state(const NamedTensors& state) {
+  std::map<std::string, int> owner_of;
+  for (size_t i = 0; i < params_.size(); ++i) owner_of[params_[i].first] = owner_[i];
+  NamedTensors mine;
+  for (const auto& [name, t] : state) {
+    const auto it = owner_of.find(parameter_of(name));
+    if (it == owner_of.end()) fail("optimizer state: tensor '", name, "' matches no trainable parameter");
+    if (it->second == group_.rank()) mine.emplace_back(name, t);
+  }
+  local_->load_state(mine);
+}
+
+int64_t ShardedOptimizer::local_state_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& [name, t] : local_->state()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
+  return bytes;
+}
+
+}  // namespace kdae::train

@@ -1,0 +1,40 @@
+// The optimizer of a data-parallel job. sharding: none keeps AdamW's state whole on every rank;
+// sharding: optimizer (ZeRO-1) gives each parameter one owner rank (whole tensors, balanced by size,
+// deterministic) that alone keeps its AdamW moments and updates it; the owner then broadcasts the new
+// values. Gradients are whole on every rank (dist/grad-sync), so clipping sees the job's norm. The
+// optimizer-state memory per rank falls to about 1/N. Checkpoints hold the whole state (gathered for
+// rank 0 to write), so a run resumes on any world size and any sharding: each rank keeps its part.
+#pragma once
+#include <memory>
+
+#include "dist/process-group.h"
+#include "train/optimizer.h"
+
+namespace kdae::train {
+
+enum class Sharding { none, optimizer };
+Sharding parse_sharding(const std::string& name);  // none | optimizer
+
+class ShardedOptimizer {
+ public:
+  ShardedOptimizer(NamedTensors params, AdamWOptions options, dist::Group& group, Sharding sharding);
+
+  void step(double lr);
+  void zero_grad();  // every parameter's gradient, owned or not
+  // The whole state in AdamW::state()'s names, on every rank; a collective when sharded.
+  NamedTensors state();
+  void load_state(const NamedTensors& state);  // the whole state; keeps this rank's part
+  int64_t local_state_bytes() const;           // optimizer moments held by this rank
+
+ private:
+  bool sharded() const { return sharding_ == Sharding::optimizer && group_.distributed(); }
+  void broadcast_from_owners();
+
+  NamedTensors params_;
+  dist::Group& group_;
+  Sharding sharding_;
+  std::vector<int> owner_;  // per parameter
+  std::unique_ptr<AdamW> local_;
+};
+
+}  // namespace kdae::train
