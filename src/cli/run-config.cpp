@@ -394,6 +394,9 @@ const std::vector<Key>& key_table() {
                                         "c10d backend under torchrun / srun / mpirun: auto = NCCL on CUDA, Gloo on CPU.")));
     t.push_back(not_for_resume(int_key(di, "dist_timeout_s", &D::dist_timeout_s,
                                        "Seconds a rank waits for the others (rendezvous, each collective) before the job stops with an error naming the step.")));
+    t.push_back(not_for_resume(float_key(di, "dist_bucket_mb", &D::dist_bucket_mb,
+                                         "MiB of gradients per all-reduce bucket; a bucket starts as soon as backward has "
+                                         "produced all its gradients (DDP's bucket_cap_mb).")));
     t.push_back(not_for_resume(enum_key(di, "sharding", &D::sharding, {"none", "optimizer"},
                                         "Student state across ranks: none = replicated; optimizer = ZeRO-1, each rank keeps and "
                                         "updates the AdamW state of its share of the parameters (~1/N of it), then broadcasts them. "

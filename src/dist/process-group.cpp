@@ -74,6 +74,24 @@ void Group::all_reduce_sum(at::Tensor& tensor, const std::string& what) {
   }
 }
 
+std::function<void()> Group::start_all_reduce_sum(at::Tensor& tensor, const std::string& what) {
+  if (!distributed()) return [] {};
+  std::vector<at::Tensor> one{tensor};
+  c10::intrusive_ptr<c10d::Work> work;
+  try {
+    work = impl_->backend->allreduce(one);
+  } catch (const std::exception& e) {
+    collective_failed(*this, what, e);
+  }
+  return [this, work, what] {
+    try {
+      work->wait();
+    } catch (const std::exception& e) {
+      collective_failed(*this, what, e);
+    }
+  };
+}
+
 namespace {
 
 std::vector<double> reduce_host(Group& g, c10d::Backend& backend, const GroupOptions& o, std::vector<double> values,

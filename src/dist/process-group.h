@@ -46,6 +46,9 @@ class Group {
 
   // Sums a tensor over the ranks, in place ("what" names it in errors).
   void all_reduce_sum(at::Tensor& tensor, const std::string& what);
+  // The same, started in the background: the returned function waits for it (and throws as above).
+  // Every rank must start its collectives in the same order.
+  std::function<void()> start_all_reduce_sum(at::Tensor& tensor, const std::string& what);
   // Host figures: sums / maxima over the ranks (float64, exact for counts below 2^53).
   std::vector<double> sum(std::vector<double> values, const std::string& what);
   std::vector<double> max(std::vector<double> values, const std::string& what);

@@ -113,6 +113,7 @@ struct DistillOptions {
   // Multi-process training (docs/distributed.md); a single process ignores them.
   std::string backend = "auto";     // auto | nccl | gloo (auto: NCCL on CUDA, Gloo on CPU)
   int64_t dist_timeout_s = 600;     // a collective or rendezvous that waits longer stops the job
+  double dist_bucket_mb = 25;       // gradient all-reduce bucket size (DDP's bucket_cap_mb)
   std::string sharding = "none";    // none | optimizer (ZeRO-1: AdamW state split over the ranks)
   int64_t global_batch_size = 0;    // > 0: sequences per optimizer step over all ranks; sets gradient_accumulation_steps
 

@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <cmath>
+#include <functional>
 #include <cstdlib>
 #include <iostream>
 #include <optional>
@@ -356,11 +357,15 @@ double to_double(const torch::Tensor& t) { return t.defined() ? t.detach().to(to
 
 // Forward + backward of one optimizer step's micro-batches; each contributes its share of the
 // step's global token means, so the gradient equals one big batch's.
-void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w) {
+// before_last_backward: data parallel's cue that the gradients of the coming backward are final
+// (dist/grad-sync reduces them during it; the earlier micro-batches only accumulate).
+void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w,
+                const std::function<void()>& before_last_backward) {
   auto& objective = r.setup.objective;
   // The router loss is a mean per micro-batch (its balance term is not a token sum): ranks average it.
   const double router_share = 1.0 / static_cast<double>(batches.micro.size() * r.group.size());
   for (size_t i = 0; i < batches.micro.size(); ++i) {
+    if (i + 1 == batches.micro.size()) before_last_backward();
     if (batches.empty[i]) continue;
     const auto& mb = batches.micro[i];
     // This micro-batch's share of the step's token means, known before its forward: the fused head
@@ -563,7 +568,7 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
   ShardedOptimizer optimizer(r.trainable, adam, group, parse_sharding(o.sharding));
   std::vector<torch::Tensor> params;
   for (const auto& [name, p] : r.trainable) params.push_back(p);
-  dist::GradientSync grad_sync(params, group);
+  dist::GradientSync grad_sync(params, group, static_cast<int64_t>(o.dist_bucket_mb * (1 << 20)));
   const int64_t job_batch = global_batch(o, group);
 
   int64_t step = 0;
@@ -661,8 +666,8 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
   while (step < total_steps) {
     const auto started = std::chrono::steady_clock::now();
     StepBatches batches = next_step_batches(stream, r, step);
-    accumulate(r, batches, step, window);
-    grad_sync.all_reduce("step " + std::to_string(step + 1));
+    accumulate(r, batches, step, window, [&] { grad_sync.prepare_for_backward(); });
+    grad_sync.finish("step " + std::to_string(step + 1));
     const bool apply = r.scaler.unscale_and_update(params);
     torch::Tensor grad_norm = apply ? clip_grad_norm(params, o.max_grad_norm) : torch::zeros({});
     const double lr = schedule.lr_at(step);
@@ -677,6 +682,8 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
       if (group.distributed()) {
         scalars.emplace_back("dist/ranks", static_cast<double>(group.size()));
         scalars.emplace_back("dist/allreduce_bytes_per_step", static_cast<double>(grad_sync.bytes_last_step()));
+        scalars.emplace_back("dist/buckets_overlapped", static_cast<double>(grad_sync.buckets_started_in_backward()) /
+                                                            static_cast<double>(std::max<int64_t>(1, grad_sync.buckets())));
         scalars.emplace_back("dist/optimizer_state_bytes", static_cast<double>(optimizer.local_state_bytes()));  // rank 0's
       }
       if (main) {

@@ -117,6 +117,21 @@ def test_two_torchrun_ranks_equal_one_process_distill(world, tmp_path, sharding,
         assert 0.3 < share < 0.7, optimizer_state_bytes
 
 
+def test_small_buckets_overlap_backward_and_change_nothing(world, tmp_path):
+    one = write_config(tmp_path / "one.yaml", world, tmp_path / "one", train_batch_size=8, max_steps=4)
+    two = write_config(tmp_path / "two.yaml", world, tmp_path / "two", train_batch_size=4, max_steps=4,
+                       dist_bucket_mb=0.002)  # ~2 KB: one or two tensors per bucket
+    run("distill", "--config", one)
+    torchrun(2, "distill", "--config", two)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    last = metrics(tmp_path / "two")[-1]
+    # Bytes: the fp32 gradients plus one presence count per tensor, whatever the bucketing.
+    params = sum(t.numel() for t in load_file(str(tmp_path / "one" / "model" / "model.safetensors")).values())
+    assert last["dist/allreduce_bytes_per_step"] == 4 * (params + 12)  # the tiny student has 12 tensors
+    # Buckets start during backward except those holding a tensor backward reaches last (the embeddings).
+    assert last["dist/buckets_overlapped"] >= 0.5
+
+
 def test_two_ranks_equal_one_process_align(world, tmp_path):
     def align(name, batch):
         cfg = write_config(tmp_path / f"{name}.yaml", world, tmp_path / name, target_model_path="",
