@@ -31,4 +31,9 @@ if [ -x "$BUILD/kdae" ] && "$VENV/bin/python" -c 'import transformers' 2>/dev/nu
   KDAE_BIN="$BUILD/kdae" timeout 240 "$VENV/bin/python" bench/serve_throughput.py --device cuda --dtype bfloat16 \
     --rounds 3 --tokens 128 || status=1
 fi
+# Data parallel on NCCL: one torchrun rank (every collective runs; NCCL refuses two ranks on one GPU).
+if [ -x "$BUILD/kdae" ] && [ -x "$VENV/bin/torchrun" ] && "$VENV/bin/python" -c 'import transformers' 2>/dev/null; then
+  echo "== distributed_check (cuda, nccl)"
+  KDAE_BIN="$BUILD/kdae" timeout 120 "$VENV/bin/python" bench/distributed_check.py --ranks 1 || status=1
+fi
 exit $status

@@ -8,11 +8,13 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "data/dataset.h"
+#include "dist/process-group.h"
 #include "io/hf-model.h"
 #include "io/teacher-cache-format.h"
 #include "tokenizer/tokenizer.h"
 #include "train/teacher-cache.h"
 #include "train/teacher-cache-writer.h"
+#include "train/job.h"
 #include "train/trainer.h"
 
 namespace kdae::cli {
@@ -44,6 +46,31 @@ data::DatasetOptions dataset_options(const Args& args, const train::DistillOptio
   return d;
 }
 
+// One rank's share of the samples, in out/.rank-R-of-N/ (resumable there), then rank 0 merges the
+// parts in rank order into one cache once every rank has finished.
+train::TeacherCacheSummary write_rank_part(const fs::path& out, const data::Dataset& dataset,
+                                           const train::TeacherCacheKey& key, model::Transformer& teacher,
+                                           const std::string& teacher_dir, int32_t pad, torch::Device device,
+                                           train::TeacherCaptureOptions options, dist::Group& group) {
+  if (fs::exists(out) && !io::list_shards(out).empty())
+    fail(out.string(), " already holds a merged cache; a multi-process run writes a new one (resume or extend it "
+         "with one process, or choose another --out)");
+  const int64_t n = static_cast<int64_t>(dataset.samples.size()), ranks = group.size();
+  auto part_of = [&](int64_t r) { return out / (".rank-" + std::to_string(r) + "-of-" + std::to_string(ranks)); };
+  options.sample_begin = n * group.rank() / ranks;
+  options.sample_end = n * (group.rank() + 1) / ranks;
+  auto part = train::write_teacher_cache(part_of(group.rank()), dataset, key, teacher, teacher_dir, pad, device, options);
+  group.barrier("waiting for every rank's part of the cache");
+  group.main_first("merging the parts", [&] {
+    std::vector<fs::path> parts;
+    for (int64_t r = 0; r < ranks; ++r) parts.push_back(part_of(r));
+    train::merge_teacher_cache_parts(out, parts);
+  }, false);
+  auto summary = train::summarize_teacher_cache(out);
+  summary.resumed_after = part.resumed_after;
+  return summary;
+}
+
 int run_create(const Args& args) {
   apply_compute_options(args);
   train::DistillOptions config;
@@ -57,15 +84,26 @@ int run_create(const Args& args) {
   const auto options = capture_options(args, config);
   const auto dopts = dataset_options(args, config);
 
+  const auto env = dist::detect_launch_env();
+  const auto device = parse_device(train::rank_device(args.get("device"), env));
+  if (env.distributed())
+    dist::join(env, {dist::parse_backend(config.backend), std::chrono::seconds(args.get_int("dist-timeout-s")), device});
+  dist::Group& group = dist::world();
   const auto tokenizer = tok::Tokenizer::load(teacher_dir);
-  const auto dataset = data::load_dataset(data_path, *tokenizer, dopts);
+  data::Dataset dataset;
+  group.main_first("loading the data", [&] { dataset = data::load_dataset(data_path, *tokenizer, dopts); });
   if (dataset.samples.empty()) fail(data_path, ": no samples to cache");
-  const auto device = parse_device(args.get("device"));
   auto teacher = io::load_model(teacher_dir, {device, parse_dtype(args.get("dtype"))});
   teacher->eval();
   const auto key = train::cache_key_for(*tokenizer, dataset, dopts.chat_template, dopts.seq_length);
-  const auto summary =
-      train::write_teacher_cache(out, dataset, key, teacher, teacher_dir, tokenizer->special().padding(), device, options);
+  const int32_t pad = tokenizer->special().padding();
+  train::TeacherCacheSummary summary;
+  if (!group.distributed()) {
+    summary = train::write_teacher_cache(out, dataset, key, teacher, teacher_dir, pad, device, options);
+  } else {
+    summary = write_rank_part(out, dataset, key, teacher, teacher_dir, pad, device, options, group);
+    if (!group.is_main()) return 0;
+  }
   const auto& h = summary.header;
   std::cout << "teacher cache " << out.string() << ": " << summary.shards << " shards, samples "
             << h.dataset_samples << ", top_k " << h.top_k << ", logprob_bits " << h.logprob_bits << "\n"
@@ -110,6 +148,7 @@ Command teacher_cache_command() {
       {"error-rows", "N", "rows per batch whose reconstruction error KL(full || sparse) is measured", "8"},
       {"domain", "NAME", "only the samples of this domain get rows (a domain teacher's cache for kdae align); default: all", ""},
       {"out", "DIR", "cache directory (created; shards already there are resumed)"},
+      {"dist-timeout-s", "S", "under torchrun/srun/mpirun: how long ranks wait for each other (the slowest part's finish)", "3600"},
   };
   for (auto& o : device_options()) options.push_back(o);
   for (auto& o : compute_options()) options.push_back(o);

@@ -45,7 +45,7 @@ GradientSync::~GradientSync() {
   for (auto& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
 }
 
-void GradientSync::prepare_for_backward() {
+void GradientSync::prepare_for_backward(const std::string& at) {
   if (!group_.distributed()) return;
   armed_ = in_backward_ = true;
   done_.assign(params_.size(), false);
@@ -55,7 +55,7 @@ void GradientSync::prepare_for_backward() {
   flat_.assign(buckets_.size(), torch::Tensor());
   waits_.clear();
   bytes_last_step_ = started_in_backward_ = 0;
-  at_.clear();
+  at_ = at;
 }
 
 void GradientSync::ready(size_t param) {
@@ -80,15 +80,14 @@ void GradientSync::start(size_t bucket) {
   flat_[bucket] = torch::cat(parts);  // (sum of numels + n)
   bytes_last_step_ += flat_[bucket].numel() * static_cast<int64_t>(flat_[bucket].element_size());
   started_in_backward_ += in_backward_ ? 1 : 0;
-  const std::string what = (at_.empty() ? std::string("backward") : at_) + ": gradient all-reduce";
+  const std::string what = at_ + ": gradient all-reduce";
   waits_.push_back(group_.start_all_reduce_sum(flat_[bucket], what));
 }
 
-void GradientSync::finish(const std::string& at) {
+void GradientSync::finish() {
   if (!armed_) return;
   torch::NoGradGuard no_grad;
   in_backward_ = false;
-  at_ = at;
   while (next_ < buckets_.size()) start(next_++);
   for (auto& wait : waits_) wait();
   for (size_t b = 0; b < buckets_.size(); ++b) {

@@ -27,8 +27,9 @@ class GradientSync {
   GradientSync(const GradientSync&) = delete;
   GradientSync& operator=(const GradientSync&) = delete;
 
-  void prepare_for_backward();        // the next backward is the step's last: reduce as buckets fill
-  void finish(const std::string& at);  // after it: the rest, then wait; `at` names the step in errors
+  // The next backward is the step's last: reduce as buckets fill; `at` names the step in errors.
+  void prepare_for_backward(const std::string& at);
+  void finish();  // after that backward: start the rest, then wait
   int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
   int64_t bytes_last_step() const { return bytes_last_step_; }  // gradient payload per rank, last step
   int64_t buckets_started_in_backward() const { return started_in_backward_; }

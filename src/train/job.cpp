@@ -4,7 +4,6 @@
 #include "common/error.h"
 
 namespace kdae::train {
-namespace {
 
 // "auto" and "cuda" mean this rank's GPU; an explicit cuda:N is the user's choice and kept.
 std::string rank_device(const std::string& name, const dist::LaunchEnv& env) {
@@ -13,8 +12,6 @@ std::string rank_device(const std::string& name, const dist::LaunchEnv& env) {
   if (!device.is_cuda() || name.find(':') != std::string::npos) return name;
   return "cuda:" + std::to_string(env.local_rank);
 }
-
-}  // namespace
 
 DistillOptions join_job(const DistillOptions& options) {
   DistillOptions o = options;

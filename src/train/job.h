@@ -10,6 +10,10 @@ namespace kdae::train {
 
 DistillOptions join_job(const DistillOptions& options);
 
+// A device name as this rank should use it: in a multi-process job "auto" / "cuda" become
+// "cuda:LOCAL_RANK"; anything else is kept.
+std::string rank_device(const std::string& name, const dist::LaunchEnv& env);
+
 // Sequences per optimizer step over the whole job.
 int64_t global_batch(const DistillOptions& options, const dist::Group& group);
 

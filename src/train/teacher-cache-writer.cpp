@@ -105,10 +105,11 @@ int64_t kept_domain(const Capture& cap, const data::Dataset& dataset) {
 
 void capture(Capture& cap, const data::Dataset& dataset, model::Transformer& teacher, int32_t pad_id,
              torch::Device device) {
-  const int64_t total = static_cast<int64_t>(dataset.samples.size());
-  int64_t next = cap.done.empty() ? 0 : cap.done.back().sample_end;
-  Progress progress({.label = "cache teacher", .total = total, .rate_unit = "tok"});
-  progress.set_step(next);
+  const int64_t first = cap.options.sample_begin;
+  const int64_t total = cap.options.sample_end < 0 ? static_cast<int64_t>(dataset.samples.size()) : cap.options.sample_end;
+  int64_t next = cap.done.empty() ? first : cap.done.back().sample_end;
+  Progress progress({.label = "cache teacher", .total = total - first, .rate_unit = "tok"});
+  progress.set_step(next - first);
   const int64_t record = cap.base.record_bytes();
   const io::RowCodec codec(cap.base);
   const int64_t domain = kept_domain(cap, dataset);
@@ -221,13 +222,29 @@ TeacherCacheSummary write_teacher_cache(const fs::path& out, const data::Dataset
   h.domain = options.domain;
   fs::create_directories(out);
   load_finished_shards(cap);
+  if (options.sample_end > static_cast<int64_t>(dataset.samples.size()) || options.sample_begin < 0 ||
+      (options.sample_end >= 0 && options.sample_begin > options.sample_end))
+    fail("teacher cache ", out.string(), ": sample range [", options.sample_begin, ", ", options.sample_end,
+         ") is outside the data's ", dataset.samples.size(), " samples");
+  if (!cap.done.empty() && cap.done.front().sample_begin != options.sample_begin)
+    fail(out.string(), ": its shards start at sample ", cap.done.front().sample_begin, ", this run's part at ",
+         options.sample_begin, "; run with the number of processes that wrote them, or delete ", out.string());
   const int64_t resumed_after = cap.done.empty() ? 0 : cap.done.back().sample_end;
-  if (resumed_after > 0)
+  if (resumed_after > options.sample_begin)
     std::cerr << "resuming after sample " << resumed_after << " (" << cap.done.size() << " shards)\n";
   capture(cap, dataset, teacher, pad_id, device);
   auto summary = summary_of(out, cap.done);  // the headers are known: no second read of the shards
   summary.resumed_after = resumed_after;
   return summary;
+}
+
+void merge_teacher_cache_parts(const fs::path& out, const std::vector<fs::path>& parts) {
+  if (!io::list_shards(out).empty()) fail(out.string(), ": already holds shards; cannot merge the parts into it");
+  int64_t index = 0;
+  for (const auto& part : parts) {
+    for (const auto& shard : io::list_shards(part)) fs::rename(shard, out / io::shard_file_name(index++));
+    fs::remove(part);
+  }
 }
 
 std::string describe(const TeacherCacheSummary& s) {

@@ -23,6 +23,8 @@ struct TeacherCaptureOptions {
   int64_t shard_bytes = 256ll << 20;
   int64_t error_rows = 8;    // rows per batch whose reconstruction error is measured
   std::string domain;        // "" = every sample; else only this domain's samples get rows
+  // This writer's samples [sample_begin, sample_end) (sample_end -1 = to the last): one rank's part.
+  int64_t sample_begin = 0, sample_end = -1;
 };
 
 // Throws a usage-style Error naming the option that is out of range.
@@ -45,6 +47,11 @@ TeacherCacheSummary write_teacher_cache(const std::filesystem::path& out, const 
                                         const TeacherCacheKey& key, model::Transformer& teacher,
                                         const std::string& teacher_path, int32_t pad_id, torch::Device device,
                                         const TeacherCaptureOptions& options);
+
+// Moves the shards of `parts` (directories, in sample order, each holding consecutive samples) into
+// out as out/shard-00000.kdtc, ... and removes the emptied directories: the per-rank parts of a
+// multi-process capture become one cache. out must hold no shard yet.
+void merge_teacher_cache_parts(const std::filesystem::path& out, const std::vector<std::filesystem::path>& parts);
 
 // "supervised tokens ... bytes/token ..." and "reconstruction KL ..." lines.
 std::string describe(const TeacherCacheSummary& summary);

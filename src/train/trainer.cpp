@@ -666,8 +666,8 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
   while (step < total_steps) {
     const auto started = std::chrono::steady_clock::now();
     StepBatches batches = next_step_batches(stream, r, step);
-    accumulate(r, batches, step, window, [&] { grad_sync.prepare_for_backward(); });
-    grad_sync.finish("step " + std::to_string(step + 1));
+    accumulate(r, batches, step, window, [&] { grad_sync.prepare_for_backward("step " + std::to_string(step + 1)); });
+    grad_sync.finish();
     const bool apply = r.scaler.unscale_and_update(params);
     torch::Tensor grad_norm = apply ? clip_grad_norm(params, o.max_grad_norm) : torch::zeros({});
     const double lr = schedule.lr_at(step);

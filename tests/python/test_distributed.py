@@ -228,3 +228,24 @@ def test_ranks_with_different_configs_refuse_to_start(world, tmp_path):
         assert p.returncode == 1
         assert "the run config (config hash) differs between ranks" in err, err[-2000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_teacher_cache_splits_samples_over_ranks(world, tmp_path):
+    # Small shards so each rank writes several; the merged cache must cover what the one-process cache
+    # covers and train identically.
+    cfg = write_config(tmp_path / "c.yaml", world, tmp_path / "run", teacher_cache=str(tmp_path / "two"), max_steps=4)
+    common = ["teacher-cache", "--config", cfg, "--teacher", world["teacher"], "--top-k", 16, "--shard-mb", "0.02",
+              "--threads", 1]
+    run(*common, "--out", tmp_path / "one")
+    proc = torchrun(2, *common, "--out", tmp_path / "two")
+    assert "teacher cache" in proc.stdout  # rank 0 reports the merged cache
+    inspect = run("teacher-cache", "inspect", tmp_path / "two").stdout
+    assert "(complete)" in inspect, inspect
+    assert not list((tmp_path / "two").glob(".rank-*")), "the parts were not merged"
+    assert len(list((tmp_path / "two").glob("shard-*.kdtc"))) >= 2
+    tokens = lambda text: [l.split()[2] for l in text.splitlines() if l.startswith("supervised tokens")]
+    assert tokens(inspect) == tokens(run("teacher-cache", "inspect", tmp_path / "one").stdout)
+    run("distill", "--config", cfg)
+    ref = write_config(tmp_path / "r.yaml", world, tmp_path / "ref", teacher_cache=str(tmp_path / "one"), max_steps=4)
+    run("distill", "--config", ref)
+    assert_same_run(tmp_path / "ref", tmp_path / "run")
