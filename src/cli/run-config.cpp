@@ -397,10 +397,11 @@ const std::vector<Key>& key_table() {
     t.push_back(not_for_resume(float_key(di, "dist_bucket_mb", &D::dist_bucket_mb,
                                          "MiB of gradients per all-reduce bucket; a bucket starts as soon as backward has "
                                          "produced all its gradients (DDP's bucket_cap_mb).")));
-    t.push_back(not_for_resume(enum_key(di, "sharding", &D::sharding, {"none", "optimizer"},
+    t.push_back(not_for_resume(enum_key(di, "sharding", &D::sharding, {"none", "optimizer", "gradients"},
                                         "Student state across ranks: none = replicated; optimizer = ZeRO-1, each rank keeps and "
-                                        "updates the AdamW state of its share of the parameters (~1/N of it), then broadcasts them. "
-                                        "Checkpoints hold the whole state, so resume may change it.")));
+                                        "updates the AdamW state of its share of the parameters (~1/N of it), then broadcasts them; "
+                                        "gradients = ZeRO-2, also each gradient is reduced to its owner alone and the others drop it "
+                                        "after the step's reduction. Checkpoints hold the whole state, so resume may change it.")));
     t.push_back(int_key(di, "global_batch_size", &D::global_batch_size,
                         "> 0: sequences per optimizer step over all ranks (the paper's 4096); gradient_accumulation_steps "
                         "becomes global_batch_size / (train_batch_size x ranks), which must divide exactly. 0 = "

@@ -74,22 +74,47 @@ void Group::all_reduce_sum(at::Tensor& tensor, const std::string& what) {
   }
 }
 
-std::function<void()> Group::start_all_reduce_sum(at::Tensor& tensor, const std::string& what) {
-  if (!distributed()) return [] {};
-  std::vector<at::Tensor> one{tensor};
+namespace {
+
+// Issues a collective now; the returned handle waits for it. Both turn c10d errors into ours.
+Pending start_collective(Group& group, const std::function<c10::intrusive_ptr<c10d::Work>()>& issue,
+                         const std::string& what) {
   c10::intrusive_ptr<c10d::Work> work;
   try {
-    work = impl_->backend->allreduce(one);
+    work = issue();
   } catch (const std::exception& e) {
-    collective_failed(*this, what, e);
+    collective_failed(group, what, e);
   }
-  return [this, work, what] {
+  Pending pending;
+  pending.done = [work] { return work->isCompleted(); };
+  pending.wait = [&group, work, what] {
     try {
       work->wait();
     } catch (const std::exception& e) {
-      collective_failed(*this, what, e);
+      collective_failed(group, what, e);
     }
   };
+  return pending;
+}
+
+}  // namespace
+
+Pending Group::start_all_reduce_sum(at::Tensor& tensor, const std::string& what) {
+  if (!distributed()) return {};
+  return start_collective(*this, [&] {
+    std::vector<at::Tensor> one{tensor};
+    return impl_->backend->allreduce(one);
+  }, what);
+}
+
+Pending Group::start_reduce_sum(at::Tensor& tensor, int root, const std::string& what) {
+  if (!distributed()) return {};
+  return start_collective(*this, [&] {
+    std::vector<at::Tensor> one{tensor};
+    c10d::ReduceOptions opts;
+    opts.rootRank = root;
+    return impl_->backend->reduce(one, opts);
+  }, what);
 }
 
 namespace {

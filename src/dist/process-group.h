@@ -29,6 +29,13 @@ struct GroupOptions {
   c10::Device device{c10::kCPU};              // where this rank computes
 };
 
+// A collective in flight: done() asks without blocking; wait() blocks, and both report a failure
+// (wait() throws it as a kdae::Error naming the step).
+struct Pending {
+  std::function<bool()> done = [] { return true; };
+  std::function<void()> wait = [] {};
+};
+
 class Group {
  public:
   struct Impl;
@@ -46,9 +53,11 @@ class Group {
 
   // Sums a tensor over the ranks, in place ("what" names it in errors).
   void all_reduce_sum(at::Tensor& tensor, const std::string& what);
-  // The same, started in the background: the returned function waits for it (and throws as above).
-  // Every rank must start its collectives in the same order.
-  std::function<void()> start_all_reduce_sum(at::Tensor& tensor, const std::string& what);
+  // The same, started in the background. Every rank must start its collectives in the same order.
+  Pending start_all_reduce_sum(at::Tensor& tensor, const std::string& what);
+  // Sums a tensor over the ranks into `root`'s copy (the others' copies are left undefined), started
+  // in the background like start_all_reduce_sum.
+  Pending start_reduce_sum(at::Tensor& tensor, int root, const std::string& what);
   // Host figures: sums / maxima over the ranks (float64, exact for counts below 2^53).
   std::vector<double> sum(std::vector<double> values, const std::string& what);
   std::vector<double> max(std::vector<double> values, const std::string& what);

@@ -104,7 +104,7 @@ void validate_distill_options(DistillOptions& o, RunKind kind, OptionsUse use) {
   check(o.save_total_limit >= 0, "save_total_limit", ">= 0 (0 = keep all)", double(o.save_total_limit));
   check(o.threads >= 0, "threads", ">= 0 (0 = all cores)", double(o.threads));
   one_of("backend", o.backend, {"auto", "nccl", "gloo"});
-  one_of("sharding", o.sharding, {"none", "optimizer"});
+  one_of("sharding", o.sharding, {"none", "optimizer", "gradients"});
   check(o.dist_bucket_mb > 0, "dist_bucket_mb", "> 0", o.dist_bucket_mb);
   check(o.dist_timeout_s >= 1, "dist_timeout_s", ">= 1", double(o.dist_timeout_s));
   check(o.global_batch_size >= 0, "global_batch_size", ">= 0 (0 = train_batch_size x accumulation x ranks)",

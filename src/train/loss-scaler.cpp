@@ -1,6 +1,7 @@
 #include "train/loss-scaler.h"
 
 #include "common/error.h"
+#include "dist/process-group.h"
 
 namespace kdae::train {
 
@@ -10,7 +11,7 @@ LossScaler::LossScaler(LossScalerOptions options) : options_(options), scale_(op
 
 torch::Tensor LossScaler::scale(const torch::Tensor& loss) const { return enabled() ? loss * scale_ : loss; }
 
-bool LossScaler::unscale_and_update(const std::vector<torch::Tensor>& params) {
+bool LossScaler::unscale_and_update(const std::vector<torch::Tensor>& params, dist::Group* shards) {
   if (!enabled()) return true;
   torch::NoGradGuard no_grad;
   torch::Tensor finite;  // () bool, one device sync for the whole model
@@ -21,7 +22,8 @@ bool LossScaler::unscale_and_update(const std::vector<torch::Tensor>& params) {
     auto ok = g.isfinite().all();
     finite = finite.defined() ? finite.logical_and(ok) : ok;
   }
-  const bool clean = !finite.defined() || finite.item<bool>();
+  bool clean = !finite.defined() || finite.item<bool>();
+  if (shards) clean = shards->max({clean ? 0.0 : 1.0}, "the fp16 overflow check")[0] == 0;
   if (!clean) {
     scale_ *= options_.backoff_factor;
     clean_steps_ = 0;

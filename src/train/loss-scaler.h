@@ -10,6 +10,10 @@
 #include <cstdint>
 #include <vector>
 
+namespace kdae::dist {
+class Group;
+}
+
 namespace kdae::train {
 
 struct LossScalerOptions {
@@ -26,8 +30,9 @@ class LossScaler {
   bool enabled() const { return options_.enabled; }
   torch::Tensor scale(const torch::Tensor& loss) const;
   // Divides the gradients by S and updates S. Returns false when some gradient is not finite: the
-  // caller must not apply this step.
-  bool unscale_and_update(const std::vector<torch::Tensor>& params);
+  // caller must not apply this step. With `shards`, the gradients are split over that group's ranks
+  // and every rank takes the job's decision.
+  bool unscale_and_update(const std::vector<torch::Tensor>& params, dist::Group* shards = nullptr);
   double value() const { return scale_; }
   int64_t skipped_steps() const { return skipped_; }
 

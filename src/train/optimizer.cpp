@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "common/error.h"
+#include "dist/process-group.h"
 
 namespace kdae::train {
 namespace {
@@ -163,7 +164,7 @@ void AdamW::load_state(const NamedTensors& state) {
     if (!used.count(name)) fail("optimizer state: tensor '", name, "' matches no trainable parameter");
 }
 
-torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm, dist::Group* shards) {
   torch::NoGradGuard no_grad;
   // Group grads by device (and dtype, which _foreach_norm needs); per-group norms are combined on the
   // first device so nothing waits on the host.
@@ -175,11 +176,19 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
     if (!home) home = g.device();
     groups[{g.device().str(), static_cast<int>(g.scalar_type())}].push_back(g);
   }
-  if (!home) return torch::zeros({}, torch::kFloat32);  // ()
-  std::vector<torch::Tensor> norms;  // each ()
-  for (auto& [key, grads] : groups)
-    for (auto& n : at::_foreach_norm(grads, 2, torch::kFloat32)) norms.push_back(n.to(*home));
-  torch::Tensor total = torch::stack(norms).norm();  // ()
+  torch::Tensor total = torch::zeros({}, torch::kFloat32);  // ()
+  if (home) {
+    std::vector<torch::Tensor> norms;  // each ()
+    for (auto& [key, grads] : groups)
+      for (auto& n : at::_foreach_norm(grads, 2, torch::kFloat32)) norms.push_back(n.to(*home));
+    total = torch::stack(norms).norm();
+  }
+  if (shards) {  // every rank takes part, with or without gradients of its own
+    const double local = total.item<double>();
+    const double job = std::sqrt(shards->sum({local * local}, "the gradient norm")[0]);
+    total = torch::tensor(static_cast<float>(job), torch::TensorOptions().device(home.value_or(c10::Device(c10::kCPU))));
+  }
+  if (!home) return total;
   if (max_norm > 0) {
     torch::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);  // ()
     for (auto& [key, grads] : groups) {

@@ -8,6 +8,10 @@
 #include <utility>
 #include <vector>
 
+namespace kdae::dist {
+class Group;
+}
+
 namespace kdae::train {
 
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
@@ -63,7 +67,8 @@ class AdamW {
 // Scales all grads in place so their global L2 norm is at most max_norm (torch's clip_grad_norm_
 // formula: coef = min(1, max_norm / (norm + 1e-6))). Returns the norm before clipping as a float32
 // 0-dim tensor on the first parameter's device, without a host sync; read it only when logging.
-// max_norm <= 0 only measures. Parameters without grads are ignored.
-torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+// max_norm <= 0 only measures. Parameters without grads are ignored. With `shards`, the gradients
+// are split over that group's ranks: the norm is the job's (a collective, and a host sync).
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm, dist::Group* shards = nullptr);
 
 }  // namespace kdae::train

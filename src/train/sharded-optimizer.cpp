@@ -2,29 +2,30 @@
 
 #include <algorithm>
 #include <map>
-#include <numeric>
 #include <set>
 
 #include "common/error.h"
 
 namespace kdae::train {
-namespace {
 
-// Largest tensors first, each to the least-loaded rank: every rank computes the same plan.
+// Contiguous runs in parameter order, cut where a tensor's middle crosses a multiple of 1/N of the
+// total size: balanced to within one tensor, the same on every rank, and contiguous so gradient
+// buckets (built in reverse parameter order) each have one owner.
 std::vector<int> plan_owners(const NamedTensors& params, int ranks) {
-  std::vector<size_t> order(params.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return params[a].second.numel() > params[b].second.numel(); });
-  std::vector<int64_t> load(ranks, 0);
+  double total = 0;
+  for (const auto& [name, p] : params) total += static_cast<double>(p.numel());
   std::vector<int> owner(params.size(), 0);
-  for (size_t i : order) {
-    const int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
-    owner[i] = r;
-    load[r] += params[i].second.numel();
+  double before = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const double n = static_cast<double>(params[i].second.numel());
+    const double middle = total > 0 ? (before + n / 2) / total : 0;
+    owner[i] = std::min(ranks - 1, static_cast<int>(middle * ranks));
+    before += n;
   }
   return owner;
 }
+
+namespace {
 
 std::string parameter_of(const std::string& state_name) {
   for (const char* suffix : {".exp_avg_sq", ".exp_avg", ".step"}) {
@@ -54,7 +55,8 @@ void broadcast_flat(dist::Group& group, std::vector<torch::Tensor> tensors, int 
 Sharding parse_sharding(const std::string& name) {
   if (name == "none") return Sharding::none;
   if (name == "optimizer") return Sharding::optimizer;
-  fail("sharding '", name, "': expected none or optimizer");
+  if (name == "gradients") return Sharding::gradients;
+  fail("sharding '", name, "': expected none, optimizer or gradients");
 }
 
 ShardedOptimizer::ShardedOptimizer(NamedTensors params, AdamWOptions options, dist::Group& group, Sharding sharding)
@@ -127,6 +129,12 @@ void ShardedOptimizer::load_state(const NamedTensors& state) {
   }
   local_->load_state(mine);
 }
+
+std::vector<int> ShardedOptimizer::gradient_owners() const {
+  return shards_gradients() ? owner_ : std::vector<int>();
+}
+
+dist::Group* ShardedOptimizer::gradient_shards() const { return shards_gradients() ? &group_ : nullptr; }
 
 int64_t ShardedOptimizer::local_state_bytes() const {
   int64_t bytes = 0;

@@ -4,6 +4,9 @@
 // values. Gradients are whole on every rank (dist/grad-sync), so clipping sees the job's norm. The
 // optimizer-state memory per rank falls to about 1/N. Checkpoints hold the whole state (gathered for
 // rank 0 to write), so a run resumes on any world size and any sharding: each rank keeps its part.
+// sharding: gradients (ZeRO-2) also reduces each gradient to its owner alone (dist/grad-sync with
+// owners()): the others drop theirs after the step's reduction, and clipping and the fp16 overflow
+// check sum their figures over the ranks.
 #pragma once
 #include <memory>
 
@@ -12,8 +15,11 @@
 
 namespace kdae::train {
 
-enum class Sharding { none, optimizer };
-Sharding parse_sharding(const std::string& name);  // none | optimizer
+enum class Sharding { none, optimizer, gradients };
+Sharding parse_sharding(const std::string& name);  // none | optimizer | gradients
+
+// Each parameter's owner rank: contiguous runs of the parameter list, balanced by size.
+std::vector<int> plan_owners(const NamedTensors& params, int ranks);
 
 class ShardedOptimizer {
  public:
@@ -25,9 +31,14 @@ class ShardedOptimizer {
   NamedTensors state();
   void load_state(const NamedTensors& state);  // the whole state; keeps this rank's part
   int64_t local_state_bytes() const;           // optimizer moments held by this rank
+  // Per parameter, the rank its gradient is reduced to; empty when every rank gets every gradient.
+  std::vector<int> gradient_owners() const;
+  // The group the gradients are split over (clipping and overflow checks sum over it), or none.
+  dist::Group* gradient_shards() const;
 
  private:
-  bool sharded() const { return sharding_ == Sharding::optimizer && group_.distributed(); }
+  bool sharded() const { return sharding_ != Sharding::none && group_.distributed(); }
+  bool shards_gradients() const { return sharding_ == Sharding::gradients && group_.distributed(); }
   void broadcast_from_owners();
 
   NamedTensors params_;

@@ -568,7 +568,8 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
   ShardedOptimizer optimizer(r.trainable, adam, group, parse_sharding(o.sharding));
   std::vector<torch::Tensor> params;
   for (const auto& [name, p] : r.trainable) params.push_back(p);
-  dist::GradientSync grad_sync(params, group, static_cast<int64_t>(o.dist_bucket_mb * (1 << 20)));
+  dist::GradientSync grad_sync(params, group, static_cast<int64_t>(o.dist_bucket_mb * (1 << 20)),
+                               optimizer.gradient_owners());
   const int64_t job_batch = global_batch(o, group);
 
   int64_t step = 0;
@@ -668,8 +669,8 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
     StepBatches batches = next_step_batches(stream, r, step);
     accumulate(r, batches, step, window, [&] { grad_sync.prepare_for_backward("step " + std::to_string(step + 1)); });
     grad_sync.finish();
-    const bool apply = r.scaler.unscale_and_update(params);
-    torch::Tensor grad_norm = apply ? clip_grad_norm(params, o.max_grad_norm) : torch::zeros({});
+    const bool apply = r.scaler.unscale_and_update(params, optimizer.gradient_shards());
+    torch::Tensor grad_norm = apply ? clip_grad_norm(params, o.max_grad_norm, optimizer.gradient_shards()) : torch::zeros({});
     const double lr = schedule.lr_at(step);
     if (apply) optimizer.step(lr);  // an fp16 overflow step is skipped; the schedule moves on, as in HF's Trainer
     optimizer.zero_grad();
@@ -685,6 +686,7 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
         scalars.emplace_back("dist/buckets_overlapped", static_cast<double>(grad_sync.buckets_started_in_backward()) /
                                                             static_cast<double>(std::max<int64_t>(1, grad_sync.buckets())));
         scalars.emplace_back("dist/optimizer_state_bytes", static_cast<double>(optimizer.local_state_bytes()));  // rank 0's
+        scalars.emplace_back("dist/gradient_bytes", static_cast<double>(grad_sync.gradient_bytes_held()));       // rank 0's
       }
       if (main) {
         log->log(step, stream.epoch_progress(), scalars);

@@ -92,12 +92,12 @@ def assert_same_run(one, many, steps=None):
 
 
 @pytest.fixture(scope="module")
-def optimizer_state_bytes():
+def rank0_bytes():
     return {}
 
 
-@pytest.mark.parametrize("sharding", ["none", "optimizer"])
-def test_two_torchrun_ranks_equal_one_process_distill(world, tmp_path, sharding, optimizer_state_bytes):
+@pytest.mark.parametrize("sharding", ["none", "optimizer", "gradients"])
+def test_two_torchrun_ranks_equal_one_process_distill(world, tmp_path, sharding, rank0_bytes):
     # Attention KD, a projected hidden-state loss (extra trainable tensors), accumulation and a
     # held-out evaluation every 3 steps: every quantity the ranks must reduce.
     common = dict(max_steps=6, gradient_accumulation_steps=2, attn_weight=1.0, hidden_weight=0.5,
@@ -111,10 +111,13 @@ def test_two_torchrun_ranks_equal_one_process_distill(world, tmp_path, sharding,
     logged = metrics(tmp_path / "two")
     assert len(logged) == 6 + 2  # rank 0 alone writes metrics.jsonl: 6 train lines + 2 eval lines
     assert logged[0]["dist/ranks"] == 2 and logged[0]["dist/allreduce_bytes_per_step"] > 0
-    optimizer_state_bytes[sharding] = logged[0]["dist/optimizer_state_bytes"]
-    if len(optimizer_state_bytes) == 2:  # ZeRO-1: rank 0 keeps about half the moments (whole tensors)
-        share = optimizer_state_bytes["optimizer"] / optimizer_state_bytes["none"]
-        assert 0.3 < share < 0.7, optimizer_state_bytes
+    rank0_bytes[sharding] = (logged[0]["dist/optimizer_state_bytes"], logged[0]["dist/gradient_bytes"])
+    if len(rank0_bytes) == 3:
+        # Rank 0 keeps about half the moments (whole tensors) from ZeRO-1 on, and about half the
+        # gradients after the step's reduction with ZeRO-2 only.
+        (state, grads), (state1, grads1), (state2, grads2) = (rank0_bytes[m] for m in ("none", "optimizer", "gradients"))
+        assert 0.3 < state1 / state < 0.7 and state2 == state1, rank0_bytes
+        assert grads1 == grads and 0.3 < grads2 / grads < 0.7, rank0_bytes
 
 
 def test_small_buckets_overlap_backward_and_change_nothing(world, tmp_path):
@@ -132,11 +135,12 @@ def test_small_buckets_overlap_backward_and_change_nothing(world, tmp_path):
     assert last["dist/buckets_overlapped"] >= 0.5
 
 
-def test_two_ranks_equal_one_process_align(world, tmp_path):
+@pytest.mark.parametrize("sharding", ["none", "optimizer", "gradients"])
+def test_two_ranks_equal_one_process_align(world, tmp_path, sharding):
     def align(name, batch):
         cfg = write_config(tmp_path / f"{name}.yaml", world, tmp_path / name, target_model_path="",
                            domain_model_path=world["expert"], training_data_path=world["mixed.jsonl"],
-                           domain_fraction=0.3, train_batch_size=batch, max_steps=6)
+                           domain_fraction=0.3, train_batch_size=batch, max_steps=6, sharding=sharding)
         cfg.write_text(cfg.read_text().replace('target_model_path: ""', f'target_model_path: {json.dumps(world["teacher"])}'))
         return cfg
     run("align", "--config", align("one", 8))
@@ -150,9 +154,9 @@ def test_two_ranks_equal_one_process_align(world, tmp_path):
 
 def test_resume_on_another_world_size_continues_exactly(world, tmp_path):
     # global_batch_size keeps the config (and its hash) the same on 1 and 2 ranks; the 2-rank run
-    # shards the optimizer state, so its checkpoint holds the state gathered from both ranks.
+    # shards optimizer state and gradients, so its checkpoint holds the state gathered from both ranks.
     cfg = write_config(tmp_path / "c.yaml", world, tmp_path / "ref", train_batch_size=4, global_batch_size=8,
-                       max_steps=6, save_steps=3, sharding="optimizer")
+                       max_steps=6, save_steps=3, sharding="gradients")
     torchrun(2, "distill", "--config", cfg)
     cut = tmp_path / "cut"
     shutil.copytree(tmp_path / "ref", cut)
