@@ -43,6 +43,8 @@ seq_length: $SEQ
 train_batch_size: 1
 max_steps: $STEPS
 sharding: $mode
+attn_weight: 0.0
+hidden_weight: 0.0
 YAML
     common_config
   } > "$WORK/$mode.yaml"

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <regex>
 
@@ -26,6 +27,43 @@ namespace {
 const char* kStateFile = "trainer_state.json";
 
 const char* kOptimizerFile = "optimizer.safetensors";
+
+std::string optimizer_shard_name(size_t rank, size_t ranks) {
+  return "optimizer-rank-" + std::to_string(rank) + "-of-" + std::to_string(ranks) + ".safetensors";
+}
+
+// Parts of sharded optimizer states that never got committed (the job died before), of other steps.
+void remove_stale_optimizer_shards(const fs::path& output_dir, int64_t step) {
+  static const std::regex pattern(R"(\.checkpoint-([0-9]+)\.optimizer-rank-[0-9]+-of-[0-9]+\.safetensors)");
+  for (const auto& entry : fs::directory_iterator(output_dir)) {
+    std::smatch m;
+    const std::string name = entry.path().filename().string();
+    if (std::regex_match(name, m, pattern) && std::stoll(m[1].str()) != step) fs::remove(entry.path());
+  }
+}
+
+// The optimizer files of a checkpoint: the whole state, or every rank's part (all of them, or an error).
+std::vector<fs::path> optimizer_files(const fs::path& dir, const std::string& remedy) {
+  if (fs::exists(dir / kOptimizerFile)) return {dir / kOptimizerFile};
+  static const std::regex pattern(R"(optimizer-rank-([0-9]{1,6})-of-([0-9]{1,6})\.safetensors)");
+  std::map<size_t, size_t> ranks_of;  // rank -> world size its name gives
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    std::smatch m;
+    const std::string name = entry.path().filename().string();
+    if (std::regex_match(name, m, pattern)) ranks_of[std::stoul(m[1].str())] = std::stoul(m[2].str());
+  }
+  if (ranks_of.empty()) return {};
+  const size_t ranks = ranks_of.begin()->second;
+  std::vector<fs::path> out;
+  for (size_t r = 0; r < ranks; ++r) {
+    const auto it = ranks_of.find(r);
+    if (it == ranks_of.end() || it->second != ranks)
+      fail((dir / optimizer_shard_name(r, ranks)).string(), ": missing, so the checkpoint's optimizer state is incomplete", remedy);
+    out.push_back(dir / optimizer_shard_name(r, ranks));
+  }
+  if (ranks_of.size() != ranks) fail(dir.string(), ": optimizer parts of different world sizes", remedy);
+  return out;
+}
 
 std::optional<int64_t> checkpoint_step(const fs::path& dir) {
   static const std::regex pattern("checkpoint-([0-9]{1,18})");
@@ -227,6 +265,8 @@ fs::path save_checkpoint(const fs::path& output_dir, const CheckpointContents& c
   try {
     io::write_checkpoint(staging, *contents.model);
     if (contents.optimizer) io::write_safetensors(staging / kOptimizerFile, *contents.optimizer);
+    const size_t ranks = contents.optimizer_shards.size();
+    for (size_t r = 0; r < ranks; ++r) fs::rename(contents.optimizer_shards[r], staging / optimizer_shard_name(r, ranks));
     if (contents.write_extra) contents.write_extra(staging);
     // Written last: its presence inside a published directory means every other file is complete.
     write_file_atomic(staging / kStateFile, ordered_dump(contents.state));
@@ -246,9 +286,17 @@ fs::path save_checkpoint(const fs::path& output_dir, const CheckpointContents& c
     }
     throw;
   }
+  remove_stale_optimizer_shards(output_dir, contents.state.step);
   if (keep_last > 0) rotate_checkpoints(output_dir, keep_last);
   return target;
 }
+
+fs::path optimizer_shard_path(const fs::path& output_dir, int64_t step, int rank, int ranks) {
+  return output_dir / (".checkpoint-" + std::to_string(step) + "." +
+                       optimizer_shard_name(static_cast<size_t>(rank), static_cast<size_t>(ranks)));
+}
+
+void write_optimizer_shard(const fs::path& path, const NamedTensors& part) { io::write_safetensors(path, part); }
 
 std::optional<fs::path> find_latest_checkpoint(const fs::path& output_dir) {
   auto all = list_checkpoints(output_dir);
@@ -266,7 +314,7 @@ bool is_complete_checkpoint(const fs::path& dir) {
   }
 }
 
-LoadedCheckpoint load_checkpoint(const fs::path& dir) {
+LoadedCheckpoint load_checkpoint(const fs::path& dir, const std::function<bool(const std::string&)>& wanted) {
   LoadedCheckpoint out;
   out.dir = dir;
   const fs::path state_path = dir / kStateFile;
@@ -283,9 +331,10 @@ LoadedCheckpoint load_checkpoint(const fs::path& dir) {
   if (!has_model_weights(dir)) fail(dir.string(), ": model.safetensors is missing", remedy);
   try {
     io::CheckpointReader weights(dir);  // parses every header: catches truncated weight files
-    if (fs::exists(dir / kOptimizerFile)) {
-      io::SafetensorsFile opt(dir / kOptimizerFile);
-      for (const auto& name : opt.names()) out.optimizer.emplace_back(name, opt.get(name).clone());
+    for (const auto& file : optimizer_files(dir, remedy)) {
+      io::SafetensorsFile opt(file);
+      for (const auto& name : opt.names())
+        if (!wanted || wanted(name)) out.optimizer.emplace_back(name, opt.get(name).clone());
     }
   } catch (const Error& e) {
     fail(e.what(), remedy);

@@ -1,6 +1,7 @@
 // Training checkpoints: <output_dir>/checkpoint-<step>/ holding
 //   model.safetensors (or HF-style shards + index)   the trainable model's weights
 //   optimizer.safetensors                             AdamW state by parameter name (train/optimizer.h)
+//   or optimizer-rank-<r>-of-<n>.safetensors           each rank's part of a sharded AdamW state
 //   trainer_state.json                                 magic, version, counters, RNG states, config hash
 // The directory is written under a hidden staging name and renamed into place, so a kill -9 at any
 // moment leaves the previous checkpoints intact and the new one either complete or absent (a stale
@@ -59,6 +60,9 @@ struct CheckpointContents {
   const NamedTensors* model = nullptr;      // required
   const NamedTensors* optimizer = nullptr;  // AdamW::state(); may be null (weights-only)
   TrainerState state;
+  // Sharded optimizer state: rank r's part, written by write_optimizer_shard, moved in as
+  // optimizer-rank-<r>-of-<n>.safetensors (n = the vector's size).
+  std::vector<std::filesystem::path> optimizer_shards;
   // Writes further files into the checkpoint's staging directory (LoRA runs: the PEFT adapters), so
   // they are published with the rest or not at all.
   std::function<void(const std::filesystem::path& staging)> write_extra;
@@ -69,6 +73,13 @@ struct CheckpointContents {
 // the checkpoint directory.
 std::filesystem::path save_checkpoint(const std::filesystem::path& output_dir, const CheckpointContents& contents,
                                       int keep_last);
+
+// Each rank of a job with a sharded optimizer writes its part beside the checkpoint to be (a hidden
+// file in output_dir, atomically) and returns its path; the caller gathers the paths once all ranks
+// are done, and rank 0's save_checkpoint moves them in before it commits. A job that dies earlier
+// commits nothing; the leftovers are deleted by a later save.
+std::filesystem::path optimizer_shard_path(const std::filesystem::path& output_dir, int64_t step, int rank, int ranks);
+void write_optimizer_shard(const std::filesystem::path& path, const NamedTensors& part);
 
 // The checkpoint-<N> directory with the largest N, or nullopt. Staging and other names are ignored;
 // the result is not validated (load_checkpoint does that and says what to do when it is damaged).
@@ -83,9 +94,12 @@ struct LoadedCheckpoint {
   NamedTensors optimizer;  // empty when the checkpoint has no optimizer state
 };
 
-// Validates and reads trainer_state.json and optimizer.safetensors; model weights are read by the
-// caller with io::CheckpointReader(dir). Errors say which file is damaged and what to do.
-LoadedCheckpoint load_checkpoint(const std::filesystem::path& dir);
+// Validates and reads trainer_state.json and the optimizer state (whole, or every rank's part, of
+// any world size); model weights are read by the caller with io::CheckpointReader(dir). With
+// `wanted`, only the optimizer tensors it accepts are read (a rank's share). Errors say which file
+// is damaged and what to do.
+LoadedCheckpoint load_checkpoint(const std::filesystem::path& dir,
+                                 const std::function<bool(const std::string&)>& wanted = nullptr);
 
 // Deletes the oldest complete checkpoints beyond keep_last; damaged ones are left for the user.
 void rotate_checkpoints(const std::filesystem::path& output_dir, int keep_last);

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <map>
-#include <set>
 
 #include "common/error.h"
 
@@ -62,6 +61,7 @@ Sharding parse_sharding(const std::string& name) {
 ShardedOptimizer::ShardedOptimizer(NamedTensors params, AdamWOptions options, dist::Group& group, Sharding sharding)
     : params_(std::move(params)), group_(group), sharding_(sharding) {
   owner_ = sharded() ? plan_owners(params_, group_.size()) : std::vector<int>(params_.size(), group_.rank());
+  for (size_t i = 0; i < params_.size(); ++i) owner_of_[params_[i].first] = owner_[i];
   NamedTensors mine;
   for (size_t i = 0; i < params_.size(); ++i)
     if (owner_[i] == group_.rank()) mine.push_back(params_[i]);
@@ -87,44 +87,18 @@ void ShardedOptimizer::zero_grad() {
   for (auto& [name, p] : params_) p.mutable_grad() = torch::Tensor();
 }
 
-NamedTensors ShardedOptimizer::state() {
-  NamedTensors mine = local_->state();
-  if (!sharded()) return mine;
-  // Which parameters have state (have taken a step), known to all; then each owner sends its moments.
-  std::set<std::string> have;
-  for (const auto& [name, t] : mine) have.insert(parameter_of(name));
-  std::vector<double> flags(params_.size());
-  for (size_t i = 0; i < params_.size(); ++i) flags[i] = have.count(params_[i].first) ? 1.0 : 0.0;
-  flags = group_.sum(std::move(flags), "gathering the optimizer state");
-  std::map<std::string, torch::Tensor> by_name(mine.begin(), mine.end());
-  NamedTensors out;
-  for (int r = 0; r < group_.size(); ++r) {
-    std::vector<torch::Tensor> moments;
-    std::vector<std::string> names;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      if (owner_[i] != r || flags[i] == 0) continue;
-      for (const char* suffix : {".step", ".exp_avg", ".exp_avg_sq"}) {
-        const std::string name = params_[i].first + suffix;
-        torch::Tensor t = r == group_.rank() ? by_name.at(name)
-                          : std::string(suffix) == ".step" ? torch::zeros({}, torch::kFloat32)
-                                                           : torch::zeros_like(params_[i].second);
-        names.push_back(name);
-        moments.push_back(t);
-      }
-    }
-    broadcast_flat(group_, moments, r, "gathering the optimizer state of rank " + std::to_string(r));
-    for (size_t k = 0; k < names.size(); ++k) out.emplace_back(names[k], moments[k]);
-  }
-  return out;
+NamedTensors ShardedOptimizer::local_state() const { return local_->state(); }
+
+bool ShardedOptimizer::owns_state(const std::string& state_name) const {
+  const auto it = owner_of_.find(parameter_of(state_name));
+  return it == owner_of_.end() || it->second == group_.rank();  // a stray tensor is read, for load_state to report
 }
 
 void ShardedOptimizer::load_state(const NamedTensors& state) {
-  std::map<std::string, int> owner_of;
-  for (size_t i = 0; i < params_.size(); ++i) owner_of[params_[i].first] = owner_[i];
   NamedTensors mine;
   for (const auto& [name, t] : state) {
-    const auto it = owner_of.find(parameter_of(name));
-    if (it == owner_of.end()) fail("optimizer state: tensor '", name, "' matches no trainable parameter");
+    const auto it = owner_of_.find(parameter_of(name));
+    if (it == owner_of_.end()) fail("optimizer state: tensor '", name, "' matches no trainable parameter");
     if (it->second == group_.rank()) mine.emplace_back(name, t);
   }
   local_->load_state(mine);

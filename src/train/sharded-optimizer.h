@@ -2,12 +2,14 @@
 // sharding: optimizer (ZeRO-1) gives each parameter one owner rank (whole tensors, balanced by size,
 // deterministic) that alone keeps its AdamW moments and updates it; the owner then broadcasts the new
 // values. Gradients are whole on every rank (dist/grad-sync), so clipping sees the job's norm. The
-// optimizer-state memory per rank falls to about 1/N. Checkpoints hold the whole state (gathered for
-// rank 0 to write), so a run resumes on any world size and any sharding: each rank keeps its part.
+// optimizer-state memory per rank falls to about 1/N. Checkpoints hold one part per rank (each rank
+// writes its own, nothing is gathered); the parts name their tensors, so a run resumes on any world
+// size and any sharding: each rank reads the tensors it owns, from whichever part holds them.
 // sharding: gradients (ZeRO-2) also reduces each gradient to its owner alone (dist/grad-sync with
-// owners()): the others drop theirs after the step's reduction, and clipping and the fp16 overflow
-// check sum their figures over the ranks.
+// gradient_owners()): the others drop theirs once the bucket is on its way, and clipping and the
+// fp16 overflow check combine their figures over the ranks.
 #pragma once
+#include <map>
 #include <memory>
 
 #include "dist/process-group.h"
@@ -27,9 +29,11 @@ class ShardedOptimizer {
 
   void step(double lr);
   void zero_grad();  // every parameter's gradient, owned or not
-  // The whole state in AdamW::state()'s names, on every rank; a collective when sharded.
-  NamedTensors state();
-  void load_state(const NamedTensors& state);  // the whole state; keeps this rank's part
+  // This rank's moments in AdamW::state()'s names: the whole state unless sharded.
+  NamedTensors local_state() const;
+  bool writes_shards() const { return sharded(); }  // checkpoints hold one part per rank
+  bool owns_state(const std::string& state_name) const;  // this rank keeps that tensor of the state
+  void load_state(const NamedTensors& state);  // any part of the whole state; keeps this rank's part
   int64_t local_state_bytes() const;           // optimizer moments held by this rank
   // Per parameter, the rank its gradient is reduced to; empty when every rank gets every gradient.
   std::vector<int> gradient_owners() const;
@@ -45,6 +49,7 @@ class ShardedOptimizer {
   dist::Group& group_;
   Sharding sharding_;
   std::vector<int> owner_;  // per parameter
+  std::map<std::string, int> owner_of_;  // parameter name -> owner
   std::unique_ptr<AdamW> local_;
 };
 

@@ -582,7 +582,7 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
       if (!latest) fail("resume_from_checkpoint: latest, but ", o.output_dir, " holds no checkpoint-<step> directory");
       dir = *latest;
     }
-    LoadedCheckpoint ckpt = load_checkpoint(dir);
+    LoadedCheckpoint ckpt = load_checkpoint(dir, [&](const std::string& name) { return optimizer.owns_state(name); });
     if (ckpt.state.global_batch > 0 && ckpt.state.global_batch != job_batch)
       fail("checkpoint ", dir.string(), " was written with a global batch of ", ckpt.state.global_batch,
            " sequences per step (", ckpt.state.world_size, " ranks), this job's is ", job_batch, " (", group.size(),
@@ -643,8 +643,19 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
   auto save = [&] {
     // Collectives first (every rank takes part), then rank 0 writes.
     const Window job = job_window(r, window);
-    NamedTensors opt_state = optimizer.state();
-    if (!main) return group.main_first("writing checkpoint-" + std::to_string(step), [] {}, false);
+    const std::string what = "writing checkpoint-" + std::to_string(step);
+    NamedTensors opt_state;
+    std::vector<fs::path> opt_shards;
+    if (optimizer.writes_shards()) {
+      // Each rank writes its own part; rank 0 commits once every part is on disk.
+      write_optimizer_shard(optimizer_shard_path(o.output_dir, step, group.rank(), group.size()), optimizer.local_state());
+      group.barrier(what + ": optimizer parts");
+      for (int rank = 0; rank < group.size(); ++rank)
+        opt_shards.push_back(optimizer_shard_path(o.output_dir, step, rank, group.size()));
+    } else if (main) {
+      opt_state = optimizer.local_state();
+    }
+    if (!main) return group.main_first(what, [] {}, false);
     TrainerState state;
     state.step = step;
     state.epoch = stream.epoch_progress();
@@ -658,11 +669,10 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
     if (r.scaler.enabled()) state.loss_scaler = r.scaler.to_json();
     capture_rng_states(state);
     NamedTensors model_tensors = checkpoint_model_tensors(r);
-    CheckpointContents contents{&model_tensors, &opt_state, state, nullptr};
+    CheckpointContents contents{&model_tensors, opt_shards.empty() ? &opt_state : nullptr, state, opt_shards, nullptr};
     if (o.use_peft && o.save_adapters)
       contents.write_extra = [&](const fs::path& staging) { save_adapters(r.student, o, staging / "adapters"); };
-    group.main_first("writing checkpoint-" + std::to_string(step),
-                     [&] { save_checkpoint(o.output_dir, contents, static_cast<int>(o.save_total_limit)); }, false);
+    group.main_first(what, [&] { save_checkpoint(o.output_dir, contents, static_cast<int>(o.save_total_limit)); }, false);
   };
   while (step < total_steps) {
     const auto started = std::chrono::steady_clock::now();

@@ -154,7 +154,7 @@ def test_two_ranks_equal_one_process_align(world, tmp_path, sharding):
 
 def test_resume_on_another_world_size_continues_exactly(world, tmp_path):
     # global_batch_size keeps the config (and its hash) the same on 1 and 2 ranks; the 2-rank run
-    # shards optimizer state and gradients, so its checkpoint holds the state gathered from both ranks.
+    # shards optimizer state and gradients, so its checkpoints hold one optimizer part per rank.
     cfg = write_config(tmp_path / "c.yaml", world, tmp_path / "ref", train_batch_size=4, global_batch_size=8,
                        max_steps=6, save_steps=3, sharding="gradients")
     torchrun(2, "distill", "--config", cfg)
@@ -165,9 +165,15 @@ def test_resume_on_another_world_size_continues_exactly(world, tmp_path):
     proc = run("distill", "--config", cfg, "--set", f"output_dir={cut}", "--resume")
     assert "resuming from" in proc.stderr and "checkpoint-3" in proc.stderr
     assert_same_run(tmp_path / "ref", cut, steps=[4, 5, 6])
-    # The gathered state equals the state one process keeps whole.
+    # Each rank wrote its own part (nothing gathered, no part left outside a checkpoint); together
+    # they are the state one process keeps whole.
     run("distill", "--config", cfg, "--set", f"output_dir={tmp_path / 'single'}")
-    sharded = load_file(str(tmp_path / "ref" / "checkpoint-3" / "optimizer.safetensors"))
+    ckpt = tmp_path / "ref" / "checkpoint-3"
+    assert not (ckpt / "optimizer.safetensors").exists()
+    parts = [load_file(str(ckpt / f"optimizer-rank-{r}-of-2.safetensors")) for r in range(2)]
+    assert parts[0] and parts[1] and not parts[0].keys() & parts[1].keys()
+    assert not list((tmp_path / "ref").glob(".checkpoint-*"))
+    sharded = {**parts[0], **parts[1]}
     whole = load_file(str(tmp_path / "single" / "checkpoint-3" / "optimizer.safetensors"))
     assert sharded.keys() == whole.keys() and len(whole) > 10
     for name in whole:

@@ -140,6 +140,49 @@ TEST(Checkpoint, DamageIsReportedWithARemedy) {
   remove_tree(out);
 }
 
+// A sharded optimizer's parts: written beside the checkpoint by each rank, moved in at the commit,
+// read back whole or filtered to one rank's share; a missing part is an error naming it.
+TEST(Checkpoint, OptimizerPartsPerRank) {
+  const fs::path out = fresh_dir("parts");
+  fs::create_directories(out);
+  const NamedTensors model = model_weights(1.0f);
+  const std::vector<NamedTensors> parts = {
+      {{"a.step", torch::full({}, 3.0f)}, {"a.exp_avg", torch::ones({2})}, {"a.exp_avg_sq", torch::ones({2}) * 4}},
+      {{"b.step", torch::full({}, 3.0f)}, {"b.exp_avg", torch::full({2}, 5.0f)}, {"b.exp_avg_sq", torch::ones({2})}}};
+  // A part of an earlier step that never got committed: the next save deletes it.
+  write_optimizer_shard(optimizer_shard_path(out, 5, 1, 2), parts[1]);
+  CheckpointContents c;
+  c.model = &model;
+  c.state.step = 10;
+  for (int r = 0; r < 2; ++r) {
+    c.optimizer_shards.push_back(optimizer_shard_path(out, 10, r, 2));
+    write_optimizer_shard(c.optimizer_shards.back(), parts[r]);
+  }
+  const fs::path dir = save_checkpoint(out, c, 0);
+  EXPECT_FALSE(fs::exists(dir / "optimizer.safetensors"));
+  EXPECT_TRUE(fs::exists(dir / "optimizer-rank-0-of-2.safetensors"));
+  EXPECT_TRUE(fs::exists(dir / "optimizer-rank-1-of-2.safetensors"));
+  for (const auto& entry : fs::directory_iterator(out))
+    EXPECT_EQ(entry.path().filename().string().rfind(".checkpoint-", 0), std::string::npos) << entry.path();
+
+  const auto all = load_checkpoint(dir);
+  ASSERT_EQ(all.optimizer.size(), 6u);
+  for (const auto& [name, t] : all.optimizer)
+    if (name == "b.exp_avg") EXPECT_TRUE(t.equal(torch::full({2}, 5.0f)));
+  const auto only_b = load_checkpoint(dir, [](const std::string& name) { return name.rfind("b.", 0) == 0; });
+  ASSERT_EQ(only_b.optimizer.size(), 3u);
+  for (const auto& [name, t] : only_b.optimizer) EXPECT_EQ(name.rfind("b.", 0), 0u) << name;
+
+  fs::remove(dir / "optimizer-rank-1-of-2.safetensors");
+  try {
+    load_checkpoint(dir);
+    FAIL() << "a missing part must be an error";
+  } catch (const kdae::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer-rank-1-of-2.safetensors: missing"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("resume from the previous checkpoint"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Checkpoint, RngRestoreRepeatsTheStream) {
   torch::manual_seed(123);
   torch::rand({3});
