@@ -2,7 +2,8 @@
 # Peak memory per rank of each student sharding mode, 2 Gloo ranks on CPU, for a student with the
 # width of a 1B model (TinyLlama-1.1B's: hidden 2048, MLP 5632, 32 heads, 4 KV heads; SmolLM2's
 # 49152-token vocabulary, tied embeddings) and LAYERS of its 22 layers, random weights, fp32, AdamW.
-# Teacher: SmolLM2-135M (same tokenizer), replicated. Reports, per mode: the largest rank's peak RSS,
+# Teacher: SmolLM2-135M (same tokenizer), replicated. Reports, per mode: the largest rank's peak RSS
+# (whole run, and training alone as kdae logs it), the bytes each rank sends into collectives per step,
 # the optimizer moments and gradients rank 0 holds after a step (logged by kdae), and the model
 # state per rank the mode should need (weights 4P + gradients 4P + moments 8P bytes: none 16P;
 # optimizer 8P + 8P/N; gradients 4P + 12P/N after the step). Figures: docs/performance.md.
@@ -64,6 +65,8 @@ n = int(last["dist/ranks"])
 expect = {"none": 16 * params, "optimizer": 8 * params + 8 * params / n, "gradients": 4 * params + 12 * params / n}[mode]
 print(f"{mode}: peak RSS {rss_gb:.2f} GiB (largest rank); rank 0 holds moments "
       f"{last['dist/optimizer_state_bytes'] / 2**30:.2f} GiB, gradients {last['dist/gradient_bytes'] / 2**30:.2f} GiB "
-      f"after a step; model state per rank should be {expect / 2**30:.2f} GiB ({params / 1e6:.0f} M params, {n} ranks)")
+      f"after a step; model state per rank should be {expect / 2**30:.2f} GiB ({params / 1e6:.0f} M params, {n} ranks); "
+      f"training peak (kdae's memory/peak_rss_gb) {last['memory/peak_rss_gb']:.2f} GiB; per step: gradient payload "
+      f"{last['dist/allreduce_bytes_per_step'] / 2**30:.2f} GiB, parameter broadcasts {last['dist/broadcast_bytes_per_step'] / 2**30:.2f} GiB")
 PY
 done

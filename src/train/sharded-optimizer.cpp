@@ -75,10 +75,14 @@ void ShardedOptimizer::step(double lr) {
 
 void ShardedOptimizer::broadcast_from_owners() {
   torch::NoGradGuard no_grad;
+  broadcast_bytes_ = 0;
   for (int r = 0; r < group_.size(); ++r) {
     std::vector<torch::Tensor> owned;
     for (size_t i = 0; i < params_.size(); ++i)
-      if (owner_[i] == r) owned.push_back(params_[i].second);
+      if (owner_[i] == r) {
+        owned.push_back(params_[i].second);
+        broadcast_bytes_ += params_[i].second.numel() * static_cast<int64_t>(sizeof(float));  // sent as fp32
+      }
     broadcast_flat(group_, owned, r, "parameters updated by rank " + std::to_string(r));
   }
 }

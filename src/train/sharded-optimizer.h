@@ -35,6 +35,7 @@ class ShardedOptimizer {
   bool owns_state(const std::string& state_name) const;  // this rank keeps that tensor of the state
   void load_state(const NamedTensors& state);  // any part of the whole state; keeps this rank's part
   int64_t local_state_bytes() const;           // optimizer moments held by this rank
+  int64_t broadcast_bytes_last_step() const { return broadcast_bytes_; }  // updated parameters, all owners
   // Per parameter, the rank its gradient is reduced to; empty when every rank gets every gradient.
   std::vector<int> gradient_owners() const;
   // The group the gradients are split over (clipping and overflow checks sum over it), or none.
@@ -51,6 +52,7 @@ class ShardedOptimizer {
   std::vector<int> owner_;  // per parameter
   std::map<std::string, int> owner_of_;  // parameter name -> owner
   std::unique_ptr<AdamW> local_;
+  int64_t broadcast_bytes_ = 0;
 };
 
 }  // namespace kdae::train

@@ -9,6 +9,7 @@
 #include "common/device.h"
 #include "common/error.h"
 #include "common/files.h"
+#include "common/memory.h"
 #include "common/progress.h"
 #include "common/threads.h"
 #include "data/dataset.h"
@@ -640,6 +641,7 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
   TrainSummary summary;
   nlohmann::json tail = nlohmann::json::array();
   Window window = window_from_json(resumed_window);
+  reset_peak_resident();  // memory/peak_rss_gb: training's peak, not loading's
   auto save = [&] {
     // Collectives first (every rank takes part), then rank 0 writes.
     const Window job = job_window(r, window);
@@ -697,7 +699,12 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
                                                             static_cast<double>(std::max<int64_t>(1, grad_sync.buckets())));
         scalars.emplace_back("dist/optimizer_state_bytes", static_cast<double>(optimizer.local_state_bytes()));  // rank 0's
         scalars.emplace_back("dist/gradient_bytes", static_cast<double>(grad_sync.gradient_bytes_held()));       // rank 0's
+        scalars.emplace_back("dist/broadcast_bytes_per_step", static_cast<double>(optimizer.broadcast_bytes_last_step()));
       }
+      const auto memory = group.max({static_cast<double>(resident_bytes()), static_cast<double>(peak_resident_bytes())},
+                                    "step " + std::to_string(step) + " memory figures");
+      scalars.emplace_back("memory/rss_gb", memory[0] / (1 << 30));       // the largest rank's
+      scalars.emplace_back("memory/peak_rss_gb", memory[1] / (1 << 30));  // since training started
       if (main) {
         log->log(step, stream.epoch_progress(), scalars);
         log_completions(*log, *r.tokenizer, batches, step);  // rank 0's answers
