@@ -402,6 +402,10 @@ const std::vector<Key>& key_table() {
                                         "updates the AdamW state of its share of the parameters (~1/N of it), then broadcasts them; "
                                         "gradients = ZeRO-2, also each gradient is reduced to its owner alone and the others drop it "
                                         "after the step's reduction. Checkpoints hold the whole state, so resume may change it.")));
+    t.push_back(not_for_resume(enum_key(di, "teacher_sharding", &D::teacher_sharding, {"replicate", "full"},
+                                        "Frozen teachers across ranks: replicate = every rank holds each whole teacher; full = each "
+                                        "rank keeps 1/N of every teacher layer and gathers the layer just before it runs (FSDP-style), "
+                                        "so a teacher needs ~1/N of its layers' memory per rank. Same losses as replicate.")));
     t.push_back(int_key(di, "global_batch_size", &D::global_batch_size,
                         "> 0: sequences per optimizer step over all ranks (the paper's 4096); gradient_accumulation_steps "
                         "becomes global_batch_size / (train_batch_size x ranks), which must divide exactly. 0 = "

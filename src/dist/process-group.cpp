@@ -158,6 +158,19 @@ void Group::broadcast(at::Tensor& tensor, int root, const std::string& what) {
   }
 }
 
+void Group::all_gather(const at::Tensor& part, at::Tensor& whole, const std::string& what) {
+  if (!distributed()) return void(whole.copy_(part.reshape({-1})));
+  const int64_t n = part.numel();
+  std::vector<at::Tensor> input{part.reshape({-1})};
+  std::vector<std::vector<at::Tensor>> outputs(1);
+  for (int r = 0; r < size_; ++r) outputs[0].push_back(whole.narrow(0, r * n, n));
+  try {
+    impl_->backend->allgather(outputs, input)->wait();
+  } catch (const std::exception& e) {
+    collective_failed(*this, what, e);
+  }
+}
+
 void Group::barrier(const std::string& what) { (void)sum({0.0}, what); }
 
 void Group::main_first(const std::string& what, const std::function<void()>& fn, bool then_all) {

@@ -62,6 +62,9 @@ class Group {
   std::vector<double> sum(std::vector<double> values, const std::string& what);
   std::vector<double> max(std::vector<double> values, const std::string& what);
   void broadcast(at::Tensor& tensor, int root, const std::string& what);
+  // Every rank's `part` (same shape and dtype everywhere), concatenated in rank order into `whole`
+  // (size() x part's numel elements, flat).
+  void all_gather(const at::Tensor& part, at::Tensor& whole, const std::string& what);
   void barrier(const std::string& what);
 
   // Rank 0 runs fn first; the others wait for it and then run fn themselves (then_all), or skip it.

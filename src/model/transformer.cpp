@@ -133,7 +133,9 @@ bool TransformerImpl::recomputes_layer(int64_t layer) const {
 torch::Tensor TransformerImpl::attention_probs(int64_t layer, const torch::Tensor& x, const LayerContext& ctx) {
   auto* decoder = model->layers[layer]->as<DecoderLayerImpl>();
   torch::Tensor probs;
+  if (residency) residency->acquire(layer);
   decoder->self_attn(decoder->input_layernorm(x), layer_context(ctx, layer), &probs);
+  if (residency) residency->release(layer);
   return probs;
 }
 
@@ -152,8 +154,10 @@ void TransformerImpl::advance(ForwardState& state, int64_t until_layer) {
     request.mlp_input = opt.mlp_inputs;
     if (reported) request.attention_term = opt.attention_term;
     const LayerContext ctx = layer_context(state.ctx, l);
+    if (residency) residency->acquire(l);
     LayerResult r = recomputes_layer(l) ? run_layer_checkpointed(*layer, l, state.x, ctx, request)
                                         : run_layer(*layer, l, state.x, ctx, request);
+    if (residency) residency->release(l);
     state.x = r.y;
     if (opt.on_attention && reported) opt.on_attention(l, r.probs);
     if (opt.attentions) state.out.attentions.push_back(r.probs);

@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "model/layers.h"
@@ -132,6 +133,15 @@ class BackboneImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Backbone);
 
+// Brings a decoder layer's weights into place just before the layer runs and lets them go after:
+// a frozen model whose layers are split over ranks (train/teacher-sharding) gathers each one for its
+// turn. Without one, weights stay resident.
+struct LayerResidency {
+  virtual ~LayerResidency() = default;
+  virtual void acquire(int64_t layer) = 0;
+  virtual void release(int64_t layer) = 0;
+};
+
 class TransformerImpl : public torch::nn::Module {
  public:
   explicit TransformerImpl(ModelConfig config);
@@ -155,6 +165,7 @@ class TransformerImpl : public torch::nn::Module {
   // l % checkpoint_every == 0 (1 = all; 2 = every other, the speed/memory dial).
   bool gradient_checkpointing = false;
   int64_t checkpoint_every = 1;
+  std::shared_ptr<LayerResidency> residency;  // null: every layer's weights are resident
 
  private:
   LayerContext layer_context(const LayerContext& shared, int64_t layer) const;  // without an inapplicable window

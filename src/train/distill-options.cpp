@@ -105,6 +105,11 @@ void validate_distill_options(DistillOptions& o, RunKind kind, OptionsUse use) {
   check(o.threads >= 0, "threads", ">= 0 (0 = all cores)", double(o.threads));
   one_of("backend", o.backend, {"auto", "nccl", "gloo"});
   one_of("sharding", o.sharding, {"none", "optimizer", "gradients"});
+  one_of("teacher_sharding", o.teacher_sharding, {"replicate", "full"});
+  const double attention_weight = o.attn_weight >= 0 ? o.attn_weight : kind == RunKind::distill ? 1.0 : 0.0;
+  if (o.teacher_sharding == "full" && o.gradient_checkpointing && attention_weight > 0)
+    fail("teacher_sharding: full cannot be combined with gradient_checkpointing and attention KD (attn_weight > 0): "
+         "the teacher's maps would be re-derived in backward, which ranks without rows do not run; set one of them off");
   check(o.dist_bucket_mb > 0, "dist_bucket_mb", "> 0", o.dist_bucket_mb);
   check(o.dist_timeout_s >= 1, "dist_timeout_s", ">= 1", double(o.dist_timeout_s));
   check(o.global_batch_size >= 0, "global_batch_size", ">= 0 (0 = train_batch_size x accumulation x ranks)",

@@ -115,6 +115,7 @@ struct DistillOptions {
   int64_t dist_timeout_s = 600;     // a collective or rendezvous that waits longer stops the job
   double dist_bucket_mb = 25;       // gradient all-reduce bucket size (DDP's bucket_cap_mb)
   std::string sharding = "none";    // none | optimizer | gradients (ZeRO-1 / ZeRO-2, docs/distributed.md)
+  std::string teacher_sharding = "replicate";  // replicate | full (each rank keeps 1/N of every teacher layer)
   int64_t global_batch_size = 0;    // > 0: sequences per optimizer step over all ranks; sets gradient_accumulation_steps
 
   // DAE (kdae align).

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "dist/process-group.h"
 #include "distill/router-loss.h"
 #include "train/teacher-attention.h"
 #include "train/teacher-cache.h"
@@ -18,6 +19,7 @@ namespace {
 // One teacher's part of a micro-batch while the student's forward drives it.
 struct LiveTeacher {
   int index = -1;
+  bool stand_in = false;  // a sharded teacher run only so the ranks gather its layers together
   std::vector<int64_t> rows;
   torch::Tensor rows_on_student;  // (b) int64
   std::shared_ptr<TeacherAttention> attention;  // attention KD: the teacher advances with the student
@@ -87,30 +89,48 @@ StepInputs step_inputs(const StepSetup& s, const data::Batch& batch) {
   return in;
 }
 
-// Groups the rows by teacher and starts each live teacher: run whole, or (attention KD) only embedded,
-// to be driven layer by layer by the student's forward.
-std::vector<LiveTeacher> start_teachers(StepSetup& s, const data::Batch& batch, const StepInputs& in) {
+// With sharded teachers, every teacher some rank needs runs on every rank: the others get a
+// stand-in (no rows). One small all-reduce per micro-batch.
+void add_stand_ins(StepSetup& s, std::map<int, std::vector<int64_t>>& groups) {
+  if (!s.teachers->sharded()) return;
+  std::vector<double> needed(s.teachers->size(), 0.0);
+  for (const auto& [index, rows] : groups) needed[static_cast<size_t>(index)] = 1.0;
+  needed = dist::world().max(std::move(needed), "which sharded teachers run");
+  for (size_t i = 0; i < needed.size(); ++i)
+    if (needed[i] > 0 && s.teachers->at(i).model && s.teachers->at(i).model->residency) groups.try_emplace(static_cast<int>(i));
+}
+
+// Starts each live teacher: run whole, or (attention KD) only embedded, to be driven layer by layer
+// by the student's forward. A stand-in runs on one token of the micro-batch's first row.
+std::vector<LiveTeacher> start_teachers(StepSetup& s, std::map<int, std::vector<int64_t>> groups, const StepInputs& in) {
   std::vector<LiveTeacher> live;
   if (!s.run_teachers) return live;
+  add_stand_ins(s, groups);
   std::set<int64_t> recomputed;  // student layers whose maps are asked for again in backward
   for (int64_t l = 0; l < s.student->config().num_layers; ++l)
     if (s.student->recomputes_layer(l)) recomputed.insert(l);
-  for (const auto& [index, rows] : rows_by_teacher(s, batch)) {
+  for (const auto& [index, rows] : groups) {
     LiveTeacher t;
     t.index = index;
     t.rows = rows;
+    t.stand_in = rows.empty();
     t.rows_on_student = torch::tensor(rows, torch::kInt64).to(s.device);
     t.pairs = &s.layer_pairs.at(index);
     Teacher& teacher = s.teachers->at(index);
     if (!teacher.cache) {
-      auto rows_t = torch::tensor(rows, torch::kInt64).to(teacher.device);
+      const std::vector<int64_t> picked = t.stand_in ? std::vector<int64_t>{0} : rows;
+      auto rows_t = torch::tensor(picked, torch::kInt64).to(teacher.device);
+      auto cut = [&](const torch::Tensor& x) {  // (B, T) -> (b, T), or (1, 1) for a stand-in
+        torch::Tensor y = x.to(teacher.device).index_select(0, rows_t);
+        return t.stand_in ? y.narrow(1, 0, 1) : y;
+      };
       model::ForwardOptions opts;
-      opts.position_ids = in.positions.to(teacher.device).index_select(0, rows_t);
-      if (in.segments.defined()) opts.segment_ids = in.segments.to(teacher.device).index_select(0, rows_t);
-      opts.hidden_states = in.need_hidden;
-      opts.logits = !s.fused_head;
+      opts.position_ids = cut(in.positions);
+      if (in.segments.defined()) opts.segment_ids = cut(in.segments);
+      opts.hidden_states = in.need_hidden && !t.stand_in;
+      opts.logits = !s.fused_head && !t.stand_in;
       torch::NoGradGuard no_grad;
-      auto teacher_ids = in.ids.to(teacher.device).index_select(0, rows_t);  // (b, T)
+      auto teacher_ids = cut(in.ids);  // (b, T)
       if (in.need_attention)
         t.attention = std::make_shared<TeacherAttention>(teacher.model, teacher_ids, opts, *t.pairs, s.device, recomputed);
       else
@@ -126,13 +146,13 @@ std::vector<LiveTeacher> start_teachers(StepSetup& s, const data::Batch& batch, 
 std::function<torch::Tensor(int64_t, const torch::Tensor&)> attention_term(const std::vector<LiveTeacher>& live,
                                                                          const torch::Tensor& query_mask) {
   std::vector<std::pair<std::shared_ptr<TeacherAttention>, torch::Tensor>> targets;  // (teacher, its rows)
-  for (const auto& t : live)
-    if (t.attention) targets.emplace_back(t.attention, t.rows_on_student);  // cached teachers have no maps
+  for (const auto& t : live)  // cached teachers have no maps; a stand-in advances but adds nothing
+    if (t.attention) targets.emplace_back(t.attention, t.stand_in ? torch::Tensor() : t.rows_on_student);
   return [targets, query_mask](int64_t layer, const torch::Tensor& probs) {
     distill::LossSum layer_sum;
     for (const auto& [teacher, rows] : targets) {
       torch::Tensor teacher_probs = teacher->map_for(layer);  // (b, Ht, T, T)
-      if (!teacher_probs.defined()) continue;
+      if (!teacher_probs.defined() || !rows.defined()) continue;
       layer_sum.add(distill::attention_kl_layer(probs.index_select(0, rows), teacher_probs, query_mask.index_select(0, rows)));
     }
     return layer_sum.sum.defined() ? layer_sum.sum : torch::zeros({}, probs.options().dtype(torch::kFloat32));
@@ -143,7 +163,7 @@ std::function<torch::Tensor(int64_t, const torch::Tensor&)> attention_term(const
 int64_t attention_rows(const StepSetup& s, const std::vector<LiveTeacher>& live, const torch::Tensor& query_mask) {
   int64_t n = 0;
   for (const auto& t : live)
-    if (t.attention)
+    if (t.attention && !t.stand_in)
       n += query_mask.index_select(0, t.rows_on_student).sum().item<int64_t>() * s.student->config().num_heads *
          static_cast<int64_t>(t.pairs->size());
   return n;
@@ -225,7 +245,7 @@ void add_router_terms(const StepSetup& s, const data::Batch& batch, const model:
 
 StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
   const StepInputs in = step_inputs(s, mb.batch);
-  std::vector<LiveTeacher> live = start_teachers(s, mb.batch, in);
+  std::vector<LiveTeacher> live = start_teachers(s, rows_by_teacher(s, mb.batch), in);
   distill::KdBatch kd;
   model::ForwardOutput student_out = student_forward(s, in, live, kd.attention);
   if (s.fused_head) {
@@ -239,6 +259,7 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
   kd.sample_weights = mb.batch.weight.to(s.device);
   StepResult result;
   for (auto& t : live) {
+    if (t.stand_in) continue;
     kd.teachers.push_back(teacher_part(s, t, mb));
     result.part_teacher.push_back(t.index);
     if (in.need_hidden) add_hidden_pairs(s, t, student_out, in.query_mask, kd.hidden);
@@ -252,6 +273,27 @@ StepResult compute_step(StepSetup& s, const MicroBatch& mb) {
   }
   add_router_terms(s, mb.batch, student_out, result);
   return result;
+}
+
+void run_sharded_teachers_only(StepSetup& s) {
+  if (!s.teachers || !s.teachers->sharded() || !s.run_teachers) return;
+  torch::NoGradGuard no_grad;
+  StepInputs in;  // one padding token: only the gathers matter
+  in.ids = torch::zeros({1, 1}, torch::kInt64).to(s.device);
+  in.positions = in.ids;
+  if (s.packing) in.segments = torch::ones({1, 1}, torch::kInt32).to(s.device);
+  in.labels = torch::full({1, 1}, -100, torch::kInt64).to(s.device);
+  in.token_mask = torch::zeros({1, 1}, torch::kBool).to(s.device);
+  in.query_mask = in.token_mask;
+  in.need_attention = s.objective.lambda > 0 && s.objective.attention_weight > 0;
+  std::vector<LiveTeacher> live = start_teachers(s, {}, in);
+  if (live.empty() || !in.need_attention) return;
+  // Attention KD: the student's layers drive the teachers'; in eval mode, so no dropout draws.
+  const bool was_training = s.student->is_training();
+  s.student->eval();
+  distill::LossSum unused;
+  student_forward(s, in, live, unused);
+  if (was_training) s.student->train();
 }
 
 ComputeDtypeGuard::ComputeDtypeGuard(torch::Device device, torch::ScalarType dtype) : type_(device.type()) {

@@ -54,6 +54,10 @@ std::vector<distill::LayerPairs> build_layer_pairs(const std::vector<int64_t>& l
 // Computes every term for mb. Gradients flow when grad mode is on (training); call under NoGrad for
 // evaluation.
 StepResult compute_step(StepSetup& setup, const MicroBatch& mb);
+// For a rank whose slice of the job's micro-batch is empty: runs the sharded teachers some other rank
+// needs (on a stand-in token, with the student driving them under attention KD), so every rank
+// gathers their layers together (train/teacher-sharding.h). Nothing is computed or kept.
+void run_sharded_teachers_only(StepSetup& setup);
 
 // Autocast to setup.compute_dtype on the student's device for its lifetime (nothing for float32).
 class ComputeDtypeGuard {

@@ -44,7 +44,10 @@ Totals run_domain(StepSetup& setup, const data::Dataset& ds, const std::vector<b
   Totals totals;
   for (int64_t i = 0; i < stream.micro_batches_per_epoch(); ++i) {
     MicroBatch mb = stream.next();
-    if (!mb.row_samples.empty()) totals.add(compute_step(setup, mb));
+    if (!mb.row_samples.empty())
+      totals.add(compute_step(setup, mb));
+    else
+      run_sharded_teachers_only(setup);
   }
   totals.reduce(o.group);
   return totals;

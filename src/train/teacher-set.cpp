@@ -4,8 +4,10 @@
 
 #include "common/device.h"
 #include "common/error.h"
+#include "dist/process-group.h"
 #include "io/hf-model.h"
 #include "train/teacher-cache.h"
+#include "train/teacher-sharding.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kdae::train {
@@ -98,6 +100,10 @@ TeacherSet::TeacherSet(const DistillOptions& o, RunKind kind, const tok::Tokeniz
     if (t.model->config().vocab_size < true_vocab || student_config.vocab_size < true_vocab)
       fail("teacher ", t.path, " has ", t.model->config().vocab_size, " logit rows and the student ",
            student_config.vocab_size, ", fewer than the tokenizer's ", true_vocab, " tokens");
+    if (parse_teacher_sharding(o.teacher_sharding) == TeacherSharding::full && dist::world().distributed()) {
+      shard_teacher_layers(t.model, dist::world(), static_cast<int64_t>(teachers_.size()));
+      sharded_ = true;
+    }
     loaded[t.path] = static_cast<int>(teachers_.size());
     by_domain_[t.name] = static_cast<int>(teachers_.size());
     teachers_.push_back(std::move(t));
@@ -132,7 +138,8 @@ std::string TeacherSet::describe() const {
     }
     s << "teacher " << (t.name == "*" ? std::string("(all samples)") : t.name) << " = " << t.path
       << " on " << t.device.str() << " (" << dtype_name(t.model->parameters().front().scalar_type())
-      << ", all teachers resident, no autograd)";
+      << (t.model->residency ? ", layers split over " + std::to_string(dist::world().size()) + " ranks, gathered one at a time"
+                             : std::string(", all teachers resident")) << ", no autograd)";
   }
   return s.str();
 }

@@ -52,10 +52,14 @@ class TeacherSet {
   int reference_index() const;
   // Where "teachers are kept": a sentence for the run log.
   std::string describe() const;
+  // Some teacher's layers are split over the ranks (teacher_sharding: full): every rank must run
+  // such a teacher whenever any rank does (train/teacher-sharding.h).
+  bool sharded() const { return sharded_; }
 
  private:
   std::vector<Teacher> teachers_;
   std::map<std::string, int> by_domain_;
+  bool sharded_ = false;
 };
 
 // Throws unless the two tokenizers give identical ids: compares fingerprints, and on mismatch names

@@ -367,7 +367,10 @@ void accumulate(Run& r, const StepBatches& batches, int64_t step, Window& w,
   const double router_share = 1.0 / static_cast<double>(batches.micro.size() * r.group.size());
   for (size_t i = 0; i < batches.micro.size(); ++i) {
     if (i + 1 == batches.micro.size()) before_last_backward();
-    if (batches.empty[i]) continue;
+    if (batches.empty[i]) {
+      run_sharded_teachers_only(r.setup);
+      continue;
+    }
     const auto& mb = batches.micro[i];
     // This micro-batch's share of the step's token means, known before its forward: the fused head
     // computes the gradient of the weighted total in forward.

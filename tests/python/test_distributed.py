@@ -152,6 +152,34 @@ def test_two_ranks_equal_one_process_align(world, tmp_path, sharding):
     assert "train/domain/kd_loss" in metrics(tmp_path / "two")[0]
 
 
+def test_sharded_teachers_give_the_replicated_losses(world, tmp_path):
+    # Attention KD drives the teacher layer by layer, a hidden-state loss reads its layers, and 11
+    # rows per rank leave rank 1 an empty slice at the epoch's end (96 = 4 x 22 + 8) as does the
+    # eval's last batch (24 = 2 x 10 + 4): rank 1 then runs the teacher on a stand-in so the layer
+    # gathers stay in step.
+    common = dict(max_steps=6, train_batch_size=11, attn_weight=1.0, hidden_weight=0.5, dist_timeout_s=60,
+                  eval_data_path=world["eval.jsonl"], eval_steps=3, eval_batch_size=5)
+    whole = write_config(tmp_path / "whole.yaml", world, tmp_path / "whole", **common)
+    split = write_config(tmp_path / "split.yaml", world, tmp_path / "split", teacher_sharding="full", **common)
+    torchrun(2, "distill", "--config", whole)
+    proc = torchrun(2, "distill", "--config", split)
+    assert "layers split over 2 ranks, gathered one at a time" in proc.stderr
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
+
+
+def test_sharded_teachers_in_align_run_in_step(world, tmp_path):
+    # Two sharded teachers; a rank whose rows are all general still runs the expert as a stand-in.
+    def align(name, **extra):
+        cfg = write_config(tmp_path / f"{name}.yaml", world, tmp_path / name, target_model_path="",
+                           domain_model_path=world["expert"], training_data_path=world["mixed.jsonl"],
+                           domain_fraction=0.3, train_batch_size=3, max_steps=6, attn_weight=1.0, dist_timeout_s=60, **extra)
+        cfg.write_text(cfg.read_text().replace('target_model_path: ""', f'target_model_path: {json.dumps(world["teacher"])}'))
+        return cfg
+    torchrun(2, "align", "--config", align("whole"))
+    torchrun(2, "align", "--config", align("split", teacher_sharding="full"))
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
+
+
 def test_resume_on_another_world_size_continues_exactly(world, tmp_path):
     # global_batch_size keeps the config (and its hash) the same on 1 and 2 ranks; the 2-rank run
     # shards optimizer state and gradients, so its checkpoints hold one optimizer part per rank.
