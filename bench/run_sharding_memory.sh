@@ -2,7 +2,7 @@
 # Peak memory per rank of each student sharding mode, 2 Gloo ranks on CPU, for a student with the
 # width of a 1B model (TinyLlama-1.1B's: hidden 2048, MLP 5632, 32 heads, 4 KV heads; SmolLM2's
 # 49152-token vocabulary, tied embeddings) and LAYERS of its 22 layers, random weights, fp32, AdamW.
-# Teacher: SmolLM2-135M (same tokenizer), replicated. Reports, per mode: the largest rank's peak RSS
+# Teacher: SmolLM2-135M (same tokenizer), replicated, or split ("+teacher"). Reports, per mode: the largest rank's peak RSS
 # (whole run, and training alone as kdae logs it), the bytes each rank sends into collectives per step,
 # the optimizer moments and gradients rank 0 holds after a step (logged by kdae), and the model
 # state per rank the mode should need (weights 4P + gradients 4P + moments 8P bytes: none 16P;
@@ -15,7 +15,8 @@ WORK="${WORK:-$KDAE_HOME/bench-sharding}"
 LAYERS="${LAYERS:-4}"
 STEPS="${STEPS:-3}"
 SEQ="${SEQ:-128}"
-MODES="${MODES:-none optimizer gradients}"
+# A mode is the student's sharding, optionally "+teacher" for teacher_sharding: full as well.
+MODES="${MODES:-none optimizer gradients gradients+teacher}"
 mkdir -p "$WORK"
 STUDENT="$WORK/student-1b-width-$LAYERS"
 if [ ! -f "$STUDENT/config.json" ]; then
@@ -34,6 +35,9 @@ fi
 THREADS=1
 source "$KDAE_ROOT/bench/kd-bench-common.sh"
 for mode in $MODES; do
+  student_mode="${mode%+teacher}"
+  teacher_mode=replicate
+  [ "$mode" != "$student_mode" ] && teacher_mode=full
   {
     cat <<YAML
 base_model_path: $STUDENT
@@ -43,7 +47,8 @@ output_dir: $WORK/out-$mode
 seq_length: $SEQ
 train_batch_size: 1
 max_steps: $STEPS
-sharding: $mode
+sharding: $student_mode
+teacher_sharding: $teacher_mode
 attn_weight: 0.0
 hidden_weight: 0.0
 YAML
@@ -62,7 +67,8 @@ last = [json.loads(l) for l in open(metrics)][-1]
 with safe_open(f"{student}/model.safetensors", "pt") as f:
     params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 n = int(last["dist/ranks"])
-expect = {"none": 16 * params, "optimizer": 8 * params + 8 * params / n, "gradients": 4 * params + 12 * params / n}[mode]
+expect = {"none": 16 * params, "optimizer": 8 * params + 8 * params / n,
+          "gradients": 4 * params + 12 * params / n}[mode.split("+")[0]]
 print(f"{mode}: peak RSS {rss_gb:.2f} GiB (largest rank); rank 0 holds moments "
       f"{last['dist/optimizer_state_bytes'] / 2**30:.2f} GiB, gradients {last['dist/gradient_bytes'] / 2**30:.2f} GiB "
       f"after a step; model state per rank should be {expect / 2**30:.2f} GiB ({params / 1e6:.0f} M params, {n} ranks); "

@@ -92,18 +92,19 @@ TeacherSet::TeacherSet(const DistillOptions& o, RunKind kind, const tok::Tokeniz
     }
     auto tokenizer = tok::Tokenizer::load(t.path);
     check_same_tokenizer(student_tokenizer, o.base_model_path, *tokenizer, t.path);
-    t.model = io::load_model(t.path, {device, dtype});
+    const bool split = parse_teacher_sharding(o.teacher_sharding) == TeacherSharding::full && dist::world().distributed();
+    t.model = io::load_model(t.path, {split ? torch::Device(torch::kCPU) : device, dtype});
     t.model->eval();
     for (auto& p : t.model->parameters()) p.set_requires_grad(false);
     t.device = device;
+    if (split) {
+      shard_teacher_layers(t.model, dist::world(), static_cast<int64_t>(teachers_.size()), device);
+      sharded_ = true;
+    }
     const int64_t true_vocab = student_tokenizer.vocab_size();
     if (t.model->config().vocab_size < true_vocab || student_config.vocab_size < true_vocab)
       fail("teacher ", t.path, " has ", t.model->config().vocab_size, " logit rows and the student ",
            student_config.vocab_size, ", fewer than the tokenizer's ", true_vocab, " tokens");
-    if (parse_teacher_sharding(o.teacher_sharding) == TeacherSharding::full && dist::world().distributed()) {
-      shard_teacher_layers(t.model, dist::world(), static_cast<int64_t>(teachers_.size()));
-      sharded_ = true;
-    }
     loaded[t.path] = static_cast<int>(teachers_.size());
     by_domain_[t.name] = static_cast<int>(teachers_.size());
     teachers_.push_back(std::move(t));

@@ -2,6 +2,10 @@
 
 #include <torch/nn/module.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "common/error.h"
 
 namespace kdae::train {
@@ -15,8 +19,8 @@ torch::Tensor bytes_of(const torch::Tensor& t) { return t.contiguous().view({-1}
 
 class ShardedLayers : public model::LayerResidency {
  public:
-  ShardedLayers(model::Transformer& teacher, dist::Group& group, int64_t teacher_id)
-      : group_(group), teacher_id_(teacher_id) {
+  ShardedLayers(model::Transformer& teacher, dist::Group& group, int64_t teacher_id, torch::Device device)
+      : group_(group), teacher_id_(teacher_id), device_(device) {
     torch::NoGradGuard no_grad;
     for (int64_t l = 0; l < teacher->config().num_layers; ++l) layers_.push_back(split(*teacher->model->layers[l], l));
   }
@@ -37,7 +41,7 @@ class ShardedLayers : public model::LayerResidency {
   }
 
   void release(int64_t index) override {
-    for (auto& p : layers_.at(index).params) p.set_data(torch::empty({0}, p.options()));
+    for (auto& p : layers_.at(index).params) p.set_data(torch::empty({0}, p.options().device(device_)));
   }
 
   int64_t kept_bytes() const {
@@ -74,8 +78,8 @@ class ShardedLayers : public model::LayerResidency {
     torch::Tensor flat = torch::zeros({part_bytes * ranks}, torch::TensorOptions().dtype(torch::kUInt8).device(device));
     for (size_t k = 0; k < layer.params.size(); ++k)
       flat.narrow(0, layer.offsets[k], layer.numels[k] * layer.element_sizes[k]).copy_(bytes_of(layer.params[k]));
-    layer.part = flat.narrow(0, part_bytes * group_.rank(), part_bytes).clone();
-    for (auto& p : layer.params) p.set_data(torch::empty({0}, p.options()));
+    layer.part = flat.narrow(0, part_bytes * group_.rank(), part_bytes).to(device_, /*non_blocking=*/false, /*copy=*/true);
+    for (auto& p : layer.params) p.set_data(torch::empty({0}, p.options().device(device_)));
     return layer;
   }
 
@@ -96,6 +100,7 @@ class ShardedLayers : public model::LayerResidency {
 
   dist::Group& group_;
   int64_t teacher_id_;
+  torch::Device device_;
   std::vector<Layer> layers_;
 };
 
@@ -107,9 +112,13 @@ TeacherSharding parse_teacher_sharding(const std::string& name) {
   fail("teacher_sharding '", name, "': expected replicate or full");
 }
 
-int64_t shard_teacher_layers(model::Transformer& teacher, dist::Group& group, int64_t teacher_id) {
-  auto sharded = std::make_shared<ShardedLayers>(teacher, group, teacher_id);
+int64_t shard_teacher_layers(model::Transformer& teacher, dist::Group& group, int64_t teacher_id, torch::Device device) {
+  auto sharded = std::make_shared<ShardedLayers>(teacher, group, teacher_id, device);
   teacher->residency = sharded;
+  teacher->to(device);  // what stays whole: embeddings, final norm, head
+#if defined(__GLIBC__)
+  malloc_trim(0);  // the host copy's layers are free now, but scattered among the parts: hand them back
+#endif
   return sharded->kept_bytes();
 }
 
