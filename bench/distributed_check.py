@@ -2,7 +2,9 @@
 for 6 steps as one plain process on cuda and as one torchrun rank on the NCCL backend (world size 1 still joins
 the process group and runs every collective), and as 2 NCCL ranks on the same GPU when asked (--ranks 2). Prints
 the largest difference of the logged losses and final weights against the plain run; exits 1 past --tol.
-Usage: KDAE_BIN=build/kdae python bench/distributed_check.py [--ranks 2] [--tol 1e-4]"""
+--sharding and --teacher-sharding run the NCCL job in those modes (reduce, broadcast and all-gather on NCCL).
+Usage: KDAE_BIN=build/kdae python bench/distributed_check.py [--ranks 2] [--tol 1e-4] [--sharding gradients]
+       [--teacher-sharding full]"""
 import argparse
 import json
 import os
@@ -29,13 +31,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ranks", type=int, default=1)
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--sharding", default="none")
+    ap.add_argument("--teacher-sharding", default="replicate")
     args = ap.parse_args()
     root = pathlib.Path(tempfile.mkdtemp(prefix="kdae-dist-check-"))
     world = make_world(root / "world")
     base = dict(max_steps=6, device="cuda", teacher_device="cuda", attn_weight=1.0)
     plain = write_config(root / "plain.yaml", world, root / "plain", train_batch_size=8, **base)
     nccl = write_config(root / "nccl.yaml", world, root / "nccl", train_batch_size=8 // args.ranks, backend="nccl",
-                        **base)
+                        sharding=args.sharding, teacher_sharding=args.teacher_sharding, **base)
     subprocess.run([KDAE, "distill", "--config", str(plain)], check=True, capture_output=True)
     torchrun = pathlib.Path(sys.executable).parent / "torchrun"
     proc = subprocess.run([str(torchrun), "--no-python", "--nproc-per-node", str(args.ranks), "--master-addr",
@@ -52,7 +56,7 @@ def main():
     wa = load_file(str(root / "plain" / "model" / "model.safetensors"))
     wb = load_file(str(root / "nccl" / "model" / "model.safetensors"))
     wdiff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
-    print(f"NCCL {args.ranks} rank(s) vs plain process on cuda: max relative loss difference {worst:.3g}, "
+    print(f"NCCL {args.ranks} rank(s), sharding {args.sharding}, teacher_sharding {args.teacher_sharding}, vs plain process on cuda: max relative loss difference {worst:.3g}, "
           f"max weight difference {wdiff:.3g}, steps {len(b)}, dist/ranks {b[-1].get('dist/ranks')}")
     return 0 if worst <= args.tol and wdiff <= args.tol else 1
 

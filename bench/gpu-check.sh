@@ -35,5 +35,6 @@ fi
 if [ -x "$BUILD/kdae" ] && [ -x "$VENV/bin/torchrun" ] && "$VENV/bin/python" -c 'import transformers' 2>/dev/null; then
   echo "== distributed_check (cuda, nccl)"
   KDAE_BIN="$BUILD/kdae" timeout 120 "$VENV/bin/python" bench/distributed_check.py --ranks 1 || status=1
+  KDAE_BIN="$BUILD/kdae" timeout 120 "$VENV/bin/python" bench/distributed_check.py --ranks 1 --sharding gradients --teacher-sharding full || status=1
 fi
 exit $status
