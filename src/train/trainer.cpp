@@ -524,6 +524,122 @@ Scalars evaluate_student(const DistillOptions& options, RunKind kind) {
   return evaluate(r.setup, r.eval, eval_opts);
 }
 
+namespace {
+
+DataStreamOptions train_stream_options(const Run& r, RunKind kind) {
+  const DistillOptions& o = r.o;
+  DataStreamOptions opts;
+  opts.batch_size = o.train_batch_size;
+  opts.seq_length = o.seq_length;
+  opts.packing = o.packing;
+  opts.seed = static_cast<uint64_t>(o.random_seed);
+  opts.pad_id = r.tokenizer->special().padding();
+  opts.rank = r.group.rank();
+  opts.world_size = r.group.size();
+  if (kind == RunKind::align) {
+    for (const auto& s : r.train.samples) opts.in_domain.push_back(r.train.domain_names[s.domain] != "general");
+    opts.domain_fraction = o.domain_fraction;
+  }
+  return opts;
+}
+
+// How many optimizer steps, and when to save and evaluate.
+struct Cadence {
+  int64_t steps_per_epoch = 1, total_steps = 1, save_every = 0, eval_every = 0;
+};
+
+Cadence plan_cadence(const DistillOptions& o, int64_t micro_batches_per_epoch, bool has_eval) {
+  Cadence c;
+  const int64_t accumulation = o.gradient_accumulation_steps;
+  c.steps_per_epoch = std::max<int64_t>(1, (micro_batches_per_epoch + accumulation - 1) / accumulation);
+  c.total_steps = o.max_steps > 0 ? o.max_steps
+                                  : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(o.num_train_epochs * c.steps_per_epoch)));
+  c.save_every = o.save_steps > 0                  ? o.save_steps
+                 : o.save_fraction_of_epoch > 0 ? std::max<int64_t>(1, std::llround(o.save_fraction_of_epoch * c.steps_per_epoch))
+                                                 : 0;
+  c.eval_every = !has_eval ? 0 : o.eval_steps > 0 ? o.eval_steps : c.steps_per_epoch;
+  return c;
+}
+
+struct Resumed {
+  int64_t step = 0;
+  nlohmann::json log_window;  // rank 0's: the job's sums, added once
+};
+
+// Restores weights, optimizer part, RNG, sampler and loss scale from the checkpoint the options name,
+// after checking it belongs to this run (same settings, same global batch).
+Resumed resume_run(Run& r, ShardedOptimizer& optimizer, DataStream& stream, int64_t job_batch,
+                   const std::string& config_hash) {
+  const DistillOptions& o = r.o;
+  fs::path dir = o.resume_from_checkpoint;
+  if (o.resume_from_checkpoint == "latest") {
+    auto latest = find_latest_checkpoint(o.output_dir);
+    if (!latest) fail("resume_from_checkpoint: latest, but ", o.output_dir, " holds no checkpoint-<step> directory");
+    dir = *latest;
+  }
+  LoadedCheckpoint ckpt = load_checkpoint(dir, [&](const std::string& name) { return optimizer.owns_state(name); });
+  if (ckpt.state.global_batch > 0 && ckpt.state.global_batch != job_batch)
+    fail("checkpoint ", dir.string(), " was written with a global batch of ", ckpt.state.global_batch,
+         " sequences per step (", ckpt.state.world_size, " ranks), this job's is ", job_batch, " (", r.group.size(),
+         " ranks); resume with the same global batch (set global_batch_size: ", ckpt.state.global_batch, ")");
+  if (ckpt.state.config_hash != config_hash)
+    fail("checkpoint ", dir.string(), " was written with different training settings (config hash ",
+         ckpt.state.config_hash, ", now ", config_hash, "); resume with the same config, or start a fresh run");
+  restore_trainable(r, dir);
+  if (!ckpt.optimizer.empty()) optimizer.load_state(ckpt.optimizer);
+  restore_rng_states(ckpt.state);
+  stream.seek(ckpt.state.sampler);
+  r.scaler.load_json(ckpt.state.loss_scaler);
+  Resumed out;
+  out.step = ckpt.state.step;
+  if (r.group.is_main()) {
+    out.log_window = ckpt.state.log_window;
+    std::cerr << "resuming from " << dir.string() << " at step " << out.step << "\n";
+  }
+  return out;
+}
+
+// What the job costs: collective traffic, sharded state held, memory (a collective on every rank).
+void add_job_scalars(Scalars& scalars, dist::Group& group, const dist::GradientSync& grad_sync,
+                     const ShardedOptimizer& optimizer, int64_t step) {
+  if (group.distributed()) {
+    scalars.emplace_back("dist/ranks", static_cast<double>(group.size()));
+    scalars.emplace_back("dist/allreduce_bytes_per_step", static_cast<double>(grad_sync.bytes_last_step()));
+    scalars.emplace_back("dist/buckets_overlapped", static_cast<double>(grad_sync.buckets_started_in_backward()) /
+                                                        static_cast<double>(std::max<int64_t>(1, grad_sync.buckets())));
+    // Rank 0's share of the sharded state.
+    scalars.emplace_back("dist/optimizer_state_bytes", static_cast<double>(optimizer.local_state_bytes()));
+    scalars.emplace_back("dist/gradient_bytes", static_cast<double>(grad_sync.gradient_bytes_held()));
+    scalars.emplace_back("dist/broadcast_bytes_per_step", static_cast<double>(optimizer.broadcast_bytes_last_step()));
+  }
+  const auto memory = group.max({static_cast<double>(resident_bytes()), static_cast<double>(peak_resident_bytes())},
+                                "step " + std::to_string(step) + " memory figures");
+  scalars.emplace_back("memory/rss_gb", memory[0] / (1 << 30));       // the largest rank's
+  scalars.emplace_back("memory/peak_rss_gb", memory[1] / (1 << 30));  // since training started
+}
+
+// Rank 0's opening lines: the job's layout, data, schedule and teachers.
+void announce_run(const Run& r, RunKind kind, const DataStream& stream, const Cadence& c, int64_t job_batch) {
+  const DistillOptions& o = r.o;
+  if (r.group.distributed())
+    std::cerr << "kdae: rank 0 of " << r.group.size() << " (" << r.group.env().launcher << ", " << r.group.backend_name()
+              << "); global batch " << job_batch << " = " << o.train_batch_size << " per micro-batch x "
+              << o.gradient_accumulation_steps << " accumulation x " << r.group.size() << " ranks\n";
+  std::cerr << "kdae " << (kind == RunKind::align ? "align" : "distill") << ": " << r.train.samples.size()
+            << " training samples" << (r.train.from_cache ? " (tokenized cache)" : "") << ", " << c.steps_per_epoch
+            << " steps per epoch, " << c.total_steps << " steps; " << r.trainable.size() << " trainable tensors; "
+            << r.teachers->describe() << "\n";
+  if (kind == RunKind::align && o.domain_fraction > 0)
+    std::cerr << "domain share of supervised tokens: " << stream.realised_domain_fraction() << " (asked "
+              << o.domain_fraction << ")\n";
+  if (r.on_policy.fraction > 0)
+    std::cerr << "on-policy: " << r.on_policy.fraction << " of micro-batches answered by the student (temperature "
+              << r.on_policy.temperature << ", top_p " << r.on_policy.top_p << ", up to " << r.on_policy.max_new_tokens
+              << " new tokens); answers of logged steps in " << (fs::path(o.output_dir) / "completions.jsonl").string() << "\n";
+}
+
+}  // namespace
+
 TrainSummary run_training(const DistillOptions& options, RunKind kind, const std::string& config_hash) {
   const DistillOptions o = join_job(options);
   dist::Group& group = dist::world();
@@ -547,25 +663,12 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
   const auto usable = usable_samples(r, teacher_of_domain);
   build_setup(r, teacher_of_domain);
 
-  DataStreamOptions stream_opts;
-  stream_opts.batch_size = o.train_batch_size;
-  stream_opts.seq_length = o.seq_length;
-  stream_opts.packing = o.packing;
-  stream_opts.seed = static_cast<uint64_t>(o.random_seed);
-  stream_opts.pad_id = r.tokenizer->special().padding();
-  stream_opts.rank = group.rank();
-  stream_opts.world_size = group.size();
-  if (kind == RunKind::align) {
-    for (const auto& s : r.train.samples) stream_opts.in_domain.push_back(r.train.domain_names[s.domain] != "general");
-    stream_opts.domain_fraction = o.domain_fraction;
-  }
+  const DataStreamOptions stream_opts = train_stream_options(r, kind);
   DataStream stream(r.train, usable, stream_opts);
   r.on_policy = on_policy_options(o, *r.tokenizer, stream_opts);
 
-  const int64_t steps_per_epoch =
-      std::max<int64_t>(1, (stream.micro_batches_per_epoch() + o.gradient_accumulation_steps - 1) / o.gradient_accumulation_steps);
-  const int64_t total_steps =
-      o.max_steps > 0 ? o.max_steps : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(o.num_train_epochs * steps_per_epoch)));
+  const Cadence cadence = plan_cadence(o, stream.micro_batches_per_epoch(), r.has_eval);
+  const int64_t total_steps = cadence.total_steps;
   LrSchedule schedule(parse_lr_schedule(o.lr_scheduler), o.learning_rate, total_steps,
                       resolve_warmup_steps(o.warmup_steps, o.warmup_ratio, total_steps));
   AdamWOptions adam{o.adam_beta1, o.adam_beta2, o.adam_epsilon, o.weight_decay};
@@ -580,58 +683,17 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
   std::optional<int64_t> resume_step;
   nlohmann::json resumed_window;
   if (resuming) {
-    fs::path dir = o.resume_from_checkpoint;
-    if (o.resume_from_checkpoint == "latest") {
-      auto latest = find_latest_checkpoint(o.output_dir);
-      if (!latest) fail("resume_from_checkpoint: latest, but ", o.output_dir, " holds no checkpoint-<step> directory");
-      dir = *latest;
-    }
-    LoadedCheckpoint ckpt = load_checkpoint(dir, [&](const std::string& name) { return optimizer.owns_state(name); });
-    if (ckpt.state.global_batch > 0 && ckpt.state.global_batch != job_batch)
-      fail("checkpoint ", dir.string(), " was written with a global batch of ", ckpt.state.global_batch,
-           " sequences per step (", ckpt.state.world_size, " ranks), this job's is ", job_batch, " (", group.size(),
-           " ranks); resume with the same global batch (set global_batch_size: ", ckpt.state.global_batch, ")");
-    if (ckpt.state.config_hash != config_hash)
-      fail("checkpoint ", dir.string(), " was written with different training settings (config hash ",
-           ckpt.state.config_hash, ", now ", config_hash, "); resume with the same config, or start a fresh run");
-    restore_trainable(r, dir);
-    if (!ckpt.optimizer.empty()) optimizer.load_state(ckpt.optimizer);
-    restore_rng_states(ckpt.state);
-    stream.seek(ckpt.state.sampler);
-    step = ckpt.state.step;
+    const Resumed resumed = resume_run(r, optimizer, stream, job_batch, config_hash);
+    step = resumed.step;
     resume_step = step;
-    if (group.is_main()) resumed_window = ckpt.state.log_window;  // the job's sums: added once
-
-    r.scaler.load_json(ckpt.state.loss_scaler);
-    if (group.is_main()) std::cerr << "resuming from " << dir.string() << " at step " << step << "\n";
+    resumed_window = resumed.log_window;
   }
 
-  const int64_t save_every = o.save_steps > 0 ? o.save_steps
-                             : o.save_fraction_of_epoch > 0
-                                 ? std::max<int64_t>(1, std::llround(o.save_fraction_of_epoch * steps_per_epoch))
-                                 : 0;
-  const int64_t eval_every = !r.has_eval ? 0 : o.eval_steps > 0 ? o.eval_steps : steps_per_epoch;
   EvalOptions eval_opts{o.eval_batch_size, o.seq_length, stream_opts.pad_id, kind == RunKind::align,
                         kind == RunKind::align, o.packing, &group};
 
   const bool main = group.is_main();
-  if (main && group.distributed())
-    std::cerr << "kdae: rank 0 of " << group.size() << " (" << group.env().launcher << ", " << group.backend_name()
-              << "); global batch " << job_batch << " = " << o.train_batch_size << " per micro-batch x "
-              << o.gradient_accumulation_steps << " accumulation x " << group.size() << " ranks\n";
-  if (main)
-    std::cerr << "kdae " << (kind == RunKind::align ? "align" : "distill") << ": " << r.train.samples.size()
-              << " training samples" << (r.train.from_cache ? " (tokenized cache)" : "") << ", "
-              << steps_per_epoch << " steps per epoch, " << total_steps << " steps; " << r.trainable.size()
-              << " trainable tensors; " << r.teachers->describe() << "\n";
-  if (main && kind == RunKind::align && stream_opts.domain_fraction > 0)
-    std::cerr << "domain share of supervised tokens: " << stream.realised_domain_fraction() << " (asked "
-              << o.domain_fraction << ")\n";
-
-  if (main && r.on_policy.fraction > 0)
-    std::cerr << "on-policy: " << r.on_policy.fraction << " of micro-batches answered by the student (temperature "
-              << r.on_policy.temperature << ", top_p " << r.on_policy.top_p << ", up to " << r.on_policy.max_new_tokens
-              << " new tokens); answers of logged steps in " << (fs::path(o.output_dir) / "completions.jsonl").string() << "\n";
+  if (main) announce_run(r, kind, stream, cadence, job_batch);
 
   // Rank 0 speaks for the job: progress, metrics.jsonl, TensorBoard, checkpoints, the final model.
   std::optional<MetricsLog> log;
@@ -695,19 +757,7 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
     bar.advance(1, batches.job_tokens);
     if (step % o.logging_steps == 0 || step == total_steps) {
       Scalars scalars = window_scalars(r, job_window(r, window), lr, grad_norm.item<double>());
-      if (group.distributed()) {
-        scalars.emplace_back("dist/ranks", static_cast<double>(group.size()));
-        scalars.emplace_back("dist/allreduce_bytes_per_step", static_cast<double>(grad_sync.bytes_last_step()));
-        scalars.emplace_back("dist/buckets_overlapped", static_cast<double>(grad_sync.buckets_started_in_backward()) /
-                                                            static_cast<double>(std::max<int64_t>(1, grad_sync.buckets())));
-        scalars.emplace_back("dist/optimizer_state_bytes", static_cast<double>(optimizer.local_state_bytes()));  // rank 0's
-        scalars.emplace_back("dist/gradient_bytes", static_cast<double>(grad_sync.gradient_bytes_held()));       // rank 0's
-        scalars.emplace_back("dist/broadcast_bytes_per_step", static_cast<double>(optimizer.broadcast_bytes_last_step()));
-      }
-      const auto memory = group.max({static_cast<double>(resident_bytes()), static_cast<double>(peak_resident_bytes())},
-                                    "step " + std::to_string(step) + " memory figures");
-      scalars.emplace_back("memory/rss_gb", memory[0] / (1 << 30));       // the largest rank's
-      scalars.emplace_back("memory/peak_rss_gb", memory[1] / (1 << 30));  // since training started
+      add_job_scalars(scalars, group, grad_sync, optimizer, step);
       if (main) {
         log->log(step, stream.epoch_progress(), scalars);
         log_completions(*log, *r.tokenizer, batches, step);  // rank 0's answers
@@ -720,11 +770,11 @@ TrainSummary run_training(const DistillOptions& options, RunKind kind, const std
       bar.set("lr", lr);
       window = Window();
     }
-    if (eval_every > 0 && (step % eval_every == 0 || step == total_steps)) {
+    if (cadence.eval_every > 0 && (step % cadence.eval_every == 0 || step == total_steps)) {
       summary.last_eval = evaluate(r.setup, r.eval, eval_opts);
       if (main) log->log(step, stream.epoch_progress(), summary.last_eval);
     }
-    if ((save_every > 0 && step % save_every == 0) || step == total_steps) save();
+    if ((cadence.save_every > 0 && step % cadence.save_every == 0) || step == total_steps) save();
   }
   bar.finish();
   if (log) log->close();
