@@ -401,7 +401,8 @@ const std::vector<Key>& key_table() {
                                         "Student state across ranks: none = replicated; optimizer = ZeRO-1, each rank keeps and "
                                         "updates the AdamW state of its share of the parameters (~1/N of it), then broadcasts them; "
                                         "gradients = ZeRO-2, also each gradient is reduced to its owner alone and the others drop it "
-                                        "after the step's reduction. Checkpoints hold the whole state, so resume may change it.")));
+                                        "as its bucket is sent. Checkpoints hold each rank's part by tensor name, so resume may "
+                                        "change the mode and the number of ranks.")));
     t.push_back(not_for_resume(enum_key(di, "teacher_sharding", &D::teacher_sharding, {"replicate", "full"},
                                         "Frozen teachers across ranks: replicate = every rank holds each whole teacher; full = each "
                                         "rank keeps 1/N of every teacher layer and gathers the layer just before it runs (FSDP-style), "

@@ -44,12 +44,6 @@ class ShardedLayers : public model::LayerResidency {
     for (auto& p : layers_.at(index).params) p.set_data(torch::empty({0}, p.options().device(device_)));
   }
 
-  int64_t kept_bytes() const {
-    int64_t n = 0;
-    for (const auto& l : layers_) n += l.part.numel();
-    return n;
-  }
-
  private:
   struct Layer {
     std::vector<torch::Tensor> params;
@@ -112,14 +106,12 @@ TeacherSharding parse_teacher_sharding(const std::string& name) {
   fail("teacher_sharding '", name, "': expected replicate or full");
 }
 
-int64_t shard_teacher_layers(model::Transformer& teacher, dist::Group& group, int64_t teacher_id, torch::Device device) {
-  auto sharded = std::make_shared<ShardedLayers>(teacher, group, teacher_id, device);
-  teacher->residency = sharded;
+void shard_teacher_layers(model::Transformer& teacher, dist::Group& group, int64_t teacher_id, torch::Device device) {
+  teacher->residency = std::make_shared<ShardedLayers>(teacher, group, teacher_id, device);
   teacher->to(device);  // what stays whole: embeddings, final norm, head
 #if defined(__GLIBC__)
   malloc_trim(0);  // the host copy's layers are free now, but scattered among the parts: hand them back
 #endif
-  return sharded->kept_bytes();
 }
 
 }  // namespace kdae::train

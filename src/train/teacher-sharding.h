@@ -22,7 +22,6 @@ TeacherSharding parse_teacher_sharding(const std::string& name);  // replicate |
 // Splits `teacher`'s layers over `group` (all ranks call it, with the same teacher_id for the same
 // model), keeps this rank's parts on `device`, moves the rest of the model there and installs the
 // gathering residency. Load the teacher on the CPU first: the device then never holds it whole.
-// Returns the bytes this rank keeps of the layers.
-int64_t shard_teacher_layers(model::Transformer& teacher, dist::Group& group, int64_t teacher_id, torch::Device device);
+void shard_teacher_layers(model::Transformer& teacher, dist::Group& group, int64_t teacher_id, torch::Device device);
 
 }  // namespace kdae::train
